@@ -1,0 +1,193 @@
+//! Configuration: defaults, then a TOML file, then `BULKHEAD_*` environment variables, then
+//! command-line flags — resolved once at start into typed settings.
+//!
+//! Secrets (`BULKHEAD_ADMIN_TOKEN`, `BULKHEAD_MASTER_KEY`) are not part of the file format:
+//! they come from the environment or from files in the data directory, and never print.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bulkhead_core::limits::InputLimits;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything `bulkhead serve` is configured with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the embedded database, the generated master key and admin token live.
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    /// A tracing filter (`info`, `bulkhead_http=debug,info`…); `RUST_LOG` overrides it.
+    pub log_level: String,
+    pub tokens: TokenConfig,
+    pub limits: InputLimits,
+    pub cache: CacheConfig,
+    pub storage: StorageConfig,
+    /// Tier names tenants may be given.
+    pub tiers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// Issuer prefix: a tenant's `iss` is `{issuer}/tenants/{tenant_id}`.
+    pub issuer: String,
+    /// The audience every token carries and every request requires.
+    pub audience: String,
+    /// Clock skew tolerated on `exp`/`nbf`/`iat`, in seconds; at most 60.
+    pub leeway_seconds: u64,
+    /// Lifetime of a minted token when the request does not say.
+    pub default_ttl_seconds: u64,
+    /// Longest lifetime a minted token may have.
+    pub max_ttl_seconds: u64,
+    /// Most verified tokens cached (signature checks skipped on a hit; expiry and tenant status
+    /// are checked on every request regardless).
+    pub cache_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Seconds tenant state and collection definitions are cached before being re-read.
+    pub ttl_seconds: u64,
+    /// Most tenants and collections cached.
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// File holding the master key (unpadded base64url of 32 bytes). Default:
+    /// `<data_dir>/master.key`, generated on first start. `BULKHEAD_MASTER_KEY` wins over it.
+    pub master_key_file: Option<PathBuf>,
+    /// Read connections to the embedded database.
+    pub sqlite_readers: usize,
+    /// Hours an `Idempotency-Key` is remembered.
+    pub idempotency_hours: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
+            data_dir: PathBuf::from("./bulkhead-data"),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            tokens: TokenConfig::default(),
+            limits: InputLimits::default(),
+            cache: CacheConfig::default(),
+            storage: StorageConfig::default(),
+            tiers: vec!["free".into(), "standard".into(), "enterprise".into()],
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "bulkhead".into(),
+            audience: "bulkhead".into(),
+            leeway_seconds: 30,
+            default_ttl_seconds: 3600,
+            max_ttl_seconds: 30 * 24 * 3600,
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { ttl_seconds: 5, capacity: 100_000 }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { master_key_file: None, sqlite_readers: 8, idempotency_hours: 24 }
+    }
+}
+
+/// Environment variables that are secrets or client settings, not configuration keys.
+const NOT_CONFIG: &[&str] = &["ADMIN_TOKEN", "MASTER_KEY", "URL"];
+
+impl Config {
+    /// Resolves the configuration: defaults → `file` → `BULKHEAD_*` environment. Nested keys
+    /// use `__` in the environment (`BULKHEAD_TOKENS__LEEWAY_SECONDS=10`).
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                anyhow::bail!("config file `{}` does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("BULKHEAD_").ignore(NOT_CONFIG).split("__"));
+        let cfg: Config = fig.extract().context("invalid configuration")?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.tokens.leeway_seconds > 60 {
+            anyhow::bail!("tokens.leeway_seconds must be at most 60 (got {})", self.tokens.leeway_seconds);
+        }
+        if self.tokens.max_ttl_seconds == 0 || self.tokens.default_ttl_seconds == 0 {
+            anyhow::bail!("token lifetimes must be at least 1 second");
+        }
+        if self.limits.max_body_bytes < 1024 || self.limits.max_record_bytes == 0 || self.limits.max_json_depth == 0 {
+            anyhow::bail!("limits are too small to serve any request");
+        }
+        for t in &self.tiers {
+            bulkhead_core::TierName::parse(t).map_err(|e| anyhow::anyhow!("tiers: {e}"))?;
+        }
+        if !self.tiers.iter().any(|t| t == "standard") {
+            anyhow::bail!("tiers must include `standard` (the default tier)");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_layering() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("b.toml", "listen = \"127.0.0.1:9000\"\n[tokens]\nleeway_seconds = 10\n")?;
+            jail.set_env("BULKHEAD_TOKENS__LEEWAY_SECONDS", "20");
+            jail.set_env("BULKHEAD_ADMIN_TOKEN", "not-config");
+            let c = Config::load(Some(Path::new("b.toml"))).unwrap();
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.tokens.leeway_seconds, 20);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("b.toml", "[tokens]\nleeway_seconds = 600\n")?;
+            assert!(Config::load(Some(Path::new("b.toml"))).is_err());
+            jail.create_file("c.toml", "nonsense = 1\n")?;
+            assert!(Config::load(Some(Path::new("c.toml"))).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

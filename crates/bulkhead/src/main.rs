@@ -1,0 +1,126 @@
+//! `bulkhead`: the server and its operator CLI, as one binary.
+//!
+//! Thin by design: parse the command line, resolve configuration, start telemetry, then hand
+//! over to the server ([`serve`]) or to the API client commands ([`ops`], [`bench`]).
+
+mod bench;
+mod client;
+mod config;
+mod ops;
+mod serve;
+mod telemetry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+/// Strict tenant isolation and per-tenant governance for SaaS backends.
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead", version, propagate_version = true, after_help = "\
+Quick start:
+  bulkhead serve                                   # embedded storage in ./bulkhead-data
+  export BULKHEAD_ADMIN_TOKEN=...                  # printed on first start
+  bulkhead tenants create acme
+  bulkhead tokens mint --tenant <ID> --subject alice --role member")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Manage tenants on a running server (operator token required).
+    Tenants {
+        #[command(subcommand)]
+        cmd: ops::TenantsCmd,
+        #[command(flatten)]
+        remote: ops::Remote,
+    },
+    /// Mint tenant tokens on a running server (operator token required).
+    Tokens {
+        #[command(subcommand)]
+        cmd: ops::TokensCmd,
+        #[command(flatten)]
+        remote: ops::Remote,
+    },
+    /// Load-test a running server: read, write, mixed or healthz scenarios over many tenants.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+        #[command(flatten)]
+        remote: ops::Remote,
+    },
+    /// Print the OpenAPI document of the API.
+    Openapi,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Configuration is layered: defaults, then --config FILE (TOML), then BULKHEAD_* environment
+variables (nested keys with `__`, e.g. BULKHEAD_TOKENS__LEEWAY_SECONDS=10), then these flags.
+Secrets: BULKHEAD_ADMIN_TOKEN (else <data-dir>/admin-token, generated on first start) and
+BULKHEAD_MASTER_KEY (else <data-dir>/master.key, generated on first start).")]
+struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8700]
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory of the embedded database and generated secrets [default: ./bulkhead-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Configuration file (TOML)
+    #[arg(long, short = 'c', env = "BULKHEAD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format [default: text]
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+#[allow(clippy::print_stderr, reason = "the error chain is the CLI's last word")]
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+#[allow(clippy::print_stdout, reason = "the OpenAPI document goes to stdout")]
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(a) => {
+            let mut cfg = Config::load(a.config.as_deref())?;
+            if let Some(l) = a.listen {
+                cfg.listen = l;
+            }
+            if let Some(d) = a.data_dir {
+                cfg.data_dir = d;
+            }
+            if let Some(f) = a.log_format {
+                cfg.log_format = f;
+            }
+            telemetry::init(cfg.log_format, &cfg.log_level);
+            serve::run(cfg).await
+        }
+        Command::Tenants { cmd, remote } => ops::tenants(&remote, cmd).await,
+        Command::Tokens { cmd, remote } => ops::tokens(&remote, cmd).await,
+        Command::Bench { args, remote } => bench::bench(&remote, args).await,
+        Command::Openapi => {
+            println!("{}", bulkhead_http::openapi().to_pretty_json()?);
+            Ok(())
+        }
+    }
+}

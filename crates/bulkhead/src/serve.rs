@@ -1,0 +1,200 @@
+//! `bulkhead serve`: resolve secrets, open storage, build the application, run until stopped.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bulkhead_core::crypto::MasterKey;
+use bulkhead_core::token::{TokenSettings, Verifier};
+use bulkhead_http::auth::OperatorCredential;
+use bulkhead_http::{AppState, HttpConfig};
+use bulkhead_store::{Store, StoreConfig};
+use bulkhead_store_sqlite::SqliteStore;
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+
+/// Where the operator token came from (for the start-up message).
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminTokenSource {
+    Env,
+    File(PathBuf),
+    Generated(PathBuf),
+}
+
+/// Writes `contents` to a new file readable by its owner only. Refuses to overwrite.
+fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create `{}`", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), "secret file is readable by group or others; chmod 600 it");
+    }
+    let s = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    Ok(Zeroizing::new(s.trim().to_owned()))
+}
+
+/// The master key: `BULKHEAD_MASTER_KEY`, else the configured key file, else
+/// `<data_dir>/master.key` (generated on first start).
+pub fn master_key(cfg: &Config, env: Option<&str>) -> anyhow::Result<MasterKey> {
+    if let Some(v) = env {
+        return MasterKey::from_base64url(v).context("BULKHEAD_MASTER_KEY is invalid");
+    }
+    let path = cfg.storage.master_key_file.clone().unwrap_or_else(|| cfg.data_dir.join("master.key"));
+    if path.exists() {
+        let s = read_secret_file(&path)?;
+        return MasterKey::from_base64url(&s).with_context(|| format!("`{}` does not hold a valid master key", path.display()));
+    }
+    if cfg.storage.master_key_file.is_some() {
+        bail!("master key file `{}` does not exist", path.display());
+    }
+    let key = MasterKey::generate();
+    write_secret_file(&path, &key.to_base64url())?;
+    tracing::warn!(file = %path.display(), "generated a new master key; back it up: without it the data cannot be read");
+    Ok(key)
+}
+
+/// The operator token's hash: from `BULKHEAD_ADMIN_TOKEN`, else `<data_dir>/admin-token`
+/// (generated on first start and printed once).
+pub fn admin_token(data_dir: &Path, env: Option<&str>) -> anyhow::Result<([u8; 32], AdminTokenSource, Option<Zeroizing<String>>)> {
+    if let Some(t) = env {
+        if t.len() < 16 {
+            bail!("BULKHEAD_ADMIN_TOKEN must be at least 16 characters");
+        }
+        return Ok((OperatorCredential::hash(t), AdminTokenSource::Env, None));
+    }
+    let path = data_dir.join("admin-token");
+    if path.exists() {
+        let t = read_secret_file(&path)?;
+        return Ok((OperatorCredential::hash(&t), AdminTokenSource::File(path), None));
+    }
+    let mut raw = [0u8; 32];
+    OsRng.fill_bytes(&mut raw);
+    use base64::Engine;
+    let token = Zeroizing::new(format!("bh_admin_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)));
+    write_secret_file(&path, &token)?;
+    Ok((OperatorCredential::hash(&token), AdminTokenSource::Generated(path), Some(token)))
+}
+
+/// Everything a running server needs, built from configuration (without binding a socket).
+pub async fn build(cfg: &Config, master_env: Option<&str>, admin_env: Option<&str>) -> anyhow::Result<(AppState, Option<Zeroizing<String>>)> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data directory `{}`", cfg.data_dir.display()))?;
+    let master = master_key(cfg, master_env)?;
+    let sqlite = SqliteStore::open(&cfg.data_dir, cfg.storage.sqlite_readers)
+        .with_context(|| format!("cannot open the database in `{}`", cfg.data_dir.display()))?;
+    let store_cfg = StoreConfig {
+        limits: cfg.limits.clone(),
+        idempotency_ttl: Duration::from_secs(cfg.storage.idempotency_hours.saturating_mul(3600)),
+        cache_ttl: Duration::from_secs(cfg.cache.ttl_seconds),
+        cache_capacity: cfg.cache.capacity,
+    };
+    let store = Store::open(Arc::new(sqlite.clone()), Arc::new(sqlite), master, store_cfg).await.map_err(|e| match e {
+        bulkhead_store::StoreError::Internal(m) => anyhow::anyhow!("{m}"),
+        other => anyhow::anyhow!(other),
+    })?;
+    let (hash, source, generated) = admin_token(&cfg.data_dir, admin_env)?;
+    store.registry().set_setting("operator-token-hash", &hash).await.context("cannot store the operator token hash")?;
+    match &source {
+        AdminTokenSource::Env => tracing::info!("operator token from BULKHEAD_ADMIN_TOKEN"),
+        AdminTokenSource::File(p) | AdminTokenSource::Generated(p) => tracing::info!(file = %p.display(), "operator token from file"),
+    }
+    let verifier = Verifier::new(TokenSettings {
+        issuer: cfg.tokens.issuer.clone(),
+        audience: cfg.tokens.audience.clone(),
+        leeway_secs: cfg.tokens.leeway_seconds,
+        max_token_bytes: cfg.limits.max_token_bytes,
+        max_ttl_secs: cfg.tokens.max_ttl_seconds,
+    });
+    let http = HttpConfig {
+        tiers: cfg.tiers.iter().cloned().collect(),
+        default_token_ttl_secs: cfg.tokens.default_ttl_seconds,
+        token_cache_capacity: cfg.tokens.cache_capacity,
+    };
+    let state = AppState::new(Arc::new(store), verifier, OperatorCredential::from_hash(hash), http);
+    Ok((state, generated))
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}
+
+#[allow(clippy::print_stderr, reason = "the generated operator token is shown once, on the terminal")]
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let master_env = std::env::var("BULKHEAD_MASTER_KEY").ok().map(Zeroizing::new);
+    let admin_env = std::env::var("BULKHEAD_ADMIN_TOKEN").ok().filter(|s| !s.is_empty()).map(Zeroizing::new);
+    let (state, generated) = build(&cfg, master_env.as_deref().map(String::as_str), admin_env.as_deref().map(String::as_str)).await?;
+    if let Some(token) = generated {
+        eprintln!(
+            "\n  Generated an operator token (shown once; saved to {}):\n\n    {}\n\n  export BULKHEAD_ADMIN_TOKEN={}\n",
+            cfg.data_dir.join("admin-token").display(),
+            token.as_str(),
+            token.as_str()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "bulkhead is listening");
+    bulkhead_http::serve(listener, bulkhead_http::app(state), shutdown_signal()).await.context("server error")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_generated_once_with_owner_only_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let k1 = master_key(&cfg, None).unwrap();
+        let k2 = master_key(&cfg, None).unwrap();
+        assert_eq!(k1.check_value(), k2.check_value());
+        let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (h1, s1, shown) = admin_token(dir.path(), None).unwrap();
+        assert!(matches!(s1, AdminTokenSource::Generated(_)));
+        let shown = shown.unwrap();
+        let (h2, s2, again) = admin_token(dir.path(), None).unwrap();
+        assert!(matches!(s2, AdminTokenSource::File(_)));
+        assert!(again.is_none(), "printed once only");
+        assert_eq!(h1, h2);
+        assert_eq!(h1, OperatorCredential::hash(&shown));
+        let mode = std::fs::metadata(dir.path().join("admin-token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(admin_token(dir.path(), Some("short")).is_err());
+        assert!(master_key(&cfg, Some("bad")).is_err());
+    }
+}

@@ -1,0 +1,227 @@
+//! The operator plane: the tenant registry, token minting and key rotation, for the holder of
+//! the admin token.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use bulkhead_core::token::{MintRequest, SigningAlg};
+use bulkhead_core::{Role, Roles, Subject, Tenant, TenantName, TenantStatus};
+use bulkhead_store::port::TenantPatch;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::{Problem, tenant_id};
+use crate::auth::Operator;
+use crate::extract::{JsonBody, P, QueryPairs, parse_limit};
+use crate::problem::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tenant, list_tenants))
+        .routes(routes!(get_tenant, patch_tenant, delete_tenant))
+        .routes(routes!(mint_token))
+        .routes(routes!(rotate_key))
+}
+
+/// Most tenants one list page returns.
+const MAX_TENANT_PAGE: usize = 1000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    /// Unique among tenants that are not deleted.
+    #[schema(example = "Acme Corp")]
+    pub name: String,
+    /// `free`, `standard` (default) or `enterprise`.
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Algorithm of the tenant's first signing key: `EdDSA` (default) or `ES256`.
+    #[serde(default)]
+    pub signing_alg: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantList {
+    pub items: Vec<Tenant>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTenant {
+    /// `active` or `suspended`. A suspended tenant's requests are refused with 403; its data is kept.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub tier: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MintToken {
+    /// Who the token is for, in the tenant's own terms (a user or service id).
+    #[schema(example = "alice")]
+    pub subject: String,
+    /// `admin`, `member` or `reader`.
+    pub roles: Vec<Role>,
+    /// Lifetime in seconds (default 3600).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MintedToken {
+    pub token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: bulkhead_core::Timestamp,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// `EdDSA` (default) or `ES256`.
+    #[serde(default)]
+    pub alg: Option<String>,
+}
+
+fn signing_alg(s: Option<&str>) -> Result<SigningAlg, ApiError> {
+    match s {
+        None => Ok(SigningAlg::EdDSA),
+        Some(a) => SigningAlg::parse(a).ok_or_else(|| ApiError::BadRequest("signing algorithm must be `EdDSA` or `ES256`".into())),
+    }
+}
+
+fn tier(st: &AppState, s: &str) -> Result<bulkhead_core::TierName, ApiError> {
+    st.config.tier(s).ok_or_else(|| {
+        let known: Vec<&str> = st.config.tiers.iter().map(String::as_str).collect();
+        ApiError::BadRequest(format!("unknown tier `{}`: use one of {}", s.chars().take(32).collect::<String>(), known.join(", ")))
+    })
+}
+
+/// Onboards a tenant, with its own signing key and data key.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant,
+    responses((status = 201, body = Tenant), (status = 400, body = Problem), (status = 409, body = Problem)),
+    security(("operator_token" = [])))]
+async fn create_tenant(_: Operator, State(st): State<AppState>, body: JsonBody<CreateTenant>) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    let b = body.value;
+    let name = TenantName::parse(&b.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let tier = tier(&st, b.tier.as_deref().unwrap_or("standard"))?;
+    let alg = signing_alg(b.signing_alg.as_deref())?;
+    let t = st.store.create_tenant(name, tier, alg).await?;
+    tracing::info!(tenant = %t.id, tier = %t.tier, "tenant created");
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// Lists tenants in id order (deleted ones included, with status `deleted`).
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    params(("limit" = Option<usize>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = TenantList), (status = 400, body = Problem)),
+    security(("operator_token" = [])))]
+async fn list_tenants(_: Operator, State(st): State<AppState>, QueryPairs(q): QueryPairs) -> Result<Json<TenantList>, ApiError> {
+    let (mut limit, mut after) = (100, None);
+    for (k, v) in q {
+        match k.as_str() {
+            "limit" => limit = parse_limit(&v, MAX_TENANT_PAGE)?,
+            "cursor" => after = Some(tenant_id(&v).map_err(|_| ApiError::BadRequest("`cursor` is not a cursor this API returned".into()))?),
+            _ => return Err(ApiError::BadRequest(format!("unknown query parameter `{}`", k.chars().take(64).collect::<String>()))),
+        }
+    }
+    let mut items = st.store.list_tenants(after, limit + 1).await?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_cursor = if more { items.last().map(|t| t.id.to_string()) } else { None };
+    Ok(Json(TenantList { items, next_cursor }))
+}
+
+/// Reads a tenant.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "tenants", params(("tenant_id" = String, Path)),
+    responses((status = 200, body = Tenant), (status = 404, body = Problem)),
+    security(("operator_token" = [])))]
+async fn get_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>) -> Result<Json<Tenant>, ApiError> {
+    Ok(Json(st.store.get_tenant(tenant_id(&id)?).await?))
+}
+
+/// Suspends or resumes a tenant, or changes its tier.
+#[utoipa::path(patch, path = "/v1/tenants/{tenant_id}", tag = "tenants", params(("tenant_id" = String, Path)),
+    request_body = PatchTenant,
+    responses((status = 200, body = Tenant), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("operator_token" = [])))]
+async fn patch_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>, body: JsonBody<PatchTenant>) -> Result<Json<Tenant>, ApiError> {
+    let id = tenant_id(&id)?;
+    let b = body.value;
+    let status = match b.status.as_deref() {
+        None => None,
+        Some("active") => Some(TenantStatus::Active),
+        Some("suspended") => Some(TenantStatus::Suspended),
+        Some(_) => return Err(ApiError::BadRequest("`status` must be `active` or `suspended` (offboard with DELETE)".into())),
+    };
+    let tier = b.tier.as_deref().map(|t| tier(&st, t)).transpose()?;
+    let t = st.store.update_tenant(id, TenantPatch { status, tier }).await?;
+    tracing::info!(tenant = %t.id, status = t.status.as_str(), tier = %t.tier, "tenant updated");
+    Ok(Json(t))
+}
+
+/// Offboards a tenant by crypto-shredding: its keys are destroyed (every copy of its data,
+/// backups included, becomes unreadable), then its rows are purged. The id is never reused.
+#[utoipa::path(delete, path = "/v1/tenants/{tenant_id}", tag = "tenants", params(("tenant_id" = String, Path)),
+    responses((status = 204, description = "Offboarded"), (status = 404, body = Problem)),
+    security(("operator_token" = [])))]
+async fn delete_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>) -> Result<StatusCode, ApiError> {
+    let id = tenant_id(&id)?;
+    let purged = st.store.offboard(id).await?;
+    tracing::info!(tenant = %id, purged_records = purged, "tenant offboarded");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mints a token for a tenant, signed with the tenant's own active key.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/tokens", tag = "tenants", params(("tenant_id" = String, Path)),
+    request_body = MintToken,
+    responses((status = 201, body = MintedToken), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("operator_token" = [])))]
+async fn mint_token(_: Operator, State(st): State<AppState>, P(id): P<String>, body: JsonBody<MintToken>) -> Result<(StatusCode, Json<MintedToken>), ApiError> {
+    let id = tenant_id(&id)?;
+    let b = body.value;
+    let subject = Subject::parse(&b.subject).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let roles = Roles::from_slice(&b.roles).ok_or_else(|| ApiError::BadRequest("`roles` must name at least one of admin, member, reader".into()))?;
+    let max = st.auth.verifier().settings().max_ttl_secs;
+    let ttl = b.ttl_seconds.unwrap_or(st.config.default_token_ttl_secs.min(max));
+    if ttl == 0 || ttl > max {
+        return Err(ApiError::BadRequest(format!("`ttl_seconds` must be from 1 to {max}")));
+    }
+    let tenant = st.store.get_tenant(id).await?;
+    match tenant.status {
+        TenantStatus::Active => {}
+        TenantStatus::Deleted => return Err(ApiError::NotFound("no such tenant")),
+        s => return Err(ApiError::TenantNotActive(s.as_str())),
+    }
+    let key = st.store.active_signing_key(id).await?;
+    let (token, expires_at) = st
+        .auth
+        .verifier()
+        .mint(&key, &MintRequest { subject, roles, ttl_secs: ttl }, st.auth.now())
+        .map_err(|e| {
+            tracing::error!(error = %e, "minting failed");
+            ApiError::Internal
+        })?;
+    tracing::info!(tenant = %id, kid = %key.public().kid, ttl, "token minted");
+    Ok((StatusCode::CREATED, Json(MintedToken { token, expires_at })))
+}
+
+/// Adds a new signing key and makes it the one new tokens are signed with. Tokens signed with
+/// older keys stay valid until they expire.
+#[utoipa::path(post, path = "/v1/tenants/{tenant_id}/keys", tag = "tenants", params(("tenant_id" = String, Path)),
+    request_body = RotateKey,
+    responses((status = 201, description = "The new public key as a JWK", body = Object), (status = 404, body = Problem)),
+    security(("operator_token" = [])))]
+async fn rotate_key(_: Operator, State(st): State<AppState>, P(id): P<String>, body: JsonBody<RotateKey>) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let id = tenant_id(&id)?;
+    let alg = signing_alg(body.value.alg.as_deref())?;
+    let key = st.store.rotate_signing_key(id, alg).await?;
+    tracing::info!(tenant = %id, kid = %key.kid, "signing key rotated");
+    Ok((StatusCode::CREATED, Json(key.to_jwk())))
+}

@@ -1,0 +1,53 @@
+//! The application state every handler shares.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bulkhead_core::TierName;
+use bulkhead_core::token::Verifier;
+use bulkhead_store::Store;
+
+use crate::auth::{Authenticator, OperatorCredential};
+
+/// Settings of the HTTP edge, resolved from configuration at start.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Tier names tenants may be given.
+    pub tiers: BTreeSet<String>,
+    /// Lifetime of a minted token when the request does not say.
+    pub default_token_ttl_secs: u64,
+    /// Most tokens kept in the verified-token cache.
+    pub token_cache_capacity: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            tiers: ["free", "standard", "enterprise"].into_iter().map(String::from).collect(),
+            default_token_ttl_secs: 3600,
+            token_cache_capacity: 100_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn tier(&self, name: &str) -> Option<TierName> {
+        if self.tiers.contains(name) { TierName::parse(name).ok() } else { None }
+    }
+}
+
+/// Shared by all requests; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub auth: Arc<Authenticator>,
+    pub operator: Arc<OperatorCredential>,
+    pub config: Arc<HttpConfig>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<Store>, verifier: Verifier, operator: OperatorCredential, config: HttpConfig) -> Self {
+        let auth = Authenticator::new(store.clone(), verifier, config.token_cache_capacity);
+        Self { store, auth: Arc::new(auth), operator: Arc::new(operator), config: Arc::new(config) }
+    }
+}

@@ -1,0 +1,321 @@
+//! Bulkhead's embedded storage adapter: one SQLite file in WAL mode.
+//!
+//! - **Writes** go to one writer thread that owns the only write connection. It takes every
+//!   write queued while the previous commit was running and commits them together (group
+//!   commit): one fsync acknowledges many writes, and no write is acknowledged before its
+//!   commit is durable (`synchronous = FULL`). Each write runs inside its own savepoint, so one
+//!   failing write does not undo the others in its group.
+//! - **Reads** run on a small pool of read-only connections on the blocking thread pool; WAL
+//!   lets them proceed while the writer commits.
+//!
+//! Every statement on tenant-owned tables filters on the scope's tenant id, which leads every
+//! primary key and index.
+
+mod schema;
+mod sql;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
+use bulkhead_store::BackendError;
+use bulkhead_store::port::{
+    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow,
+    TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+};
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Most writes committed by one transaction.
+const MAX_GROUP: usize = 512;
+
+/// A write's result, delivered once its group's commit is known.
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A write: runs inside the group's transaction (or, given `None`, reports that none could be
+/// begun without running); returns whether its changes should be kept.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
+
+/// The SQLite adapter. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::UnboundedSender<Job>,
+    /// Idle read connections.
+    readers: Mutex<Vec<Connection>>,
+    /// Bounds concurrent readers to the pool size.
+    read_slots: Semaphore,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+/// The database file inside a data directory.
+pub fn database_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("bulkhead.db")
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir` and applies migrations.
+    pub fn open(data_dir: &Path, readers: usize) -> Result<Self, BackendError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| BackendError::Unavailable(format!("cannot create `{}`: {e}", data_dir.display())))?;
+        let path = database_path(data_dir);
+        let mut conn = Connection::open(&path).map_err(sql::map)?;
+        schema::configure_writer(&conn).map_err(sql::map)?;
+        schema::migrate(&mut conn).map_err(sql::map)?;
+        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name("bulkhead-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| BackendError::Other(format!("cannot start the writer thread: {e}")))?;
+        let readers = readers.max(1);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: tx,
+                readers: Mutex::new(Vec::with_capacity(readers)),
+                read_slots: Semaphore::new(readers),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` inside the next group commit; resolves once the commit is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Some(c) => f(c).map_err(sql::map),
+                None => Err(BackendError::Unavailable("cannot begin a write transaction".into())),
+            };
+            let keep = result.is_ok();
+            let done: Completion = Box::new(move |commit| {
+                let out = match (result, commit) {
+                    (Ok(v), Ok(())) => Ok(v),
+                    (Err(e), _) => Err(e),
+                    (Ok(_), Err(m)) => Err(BackendError::Unavailable(format!("commit failed: {m}"))),
+                };
+                // The receiver may be gone if the request was cancelled; the write stands.
+                let _ = tx.send(out);
+            });
+            (keep, done)
+        });
+        self.inner
+            .writer
+            .send(job)
+            .map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?;
+        rx.await.map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking thread pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let _slot = self
+            .inner
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Unavailable("storage is shutting down".into()))?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().pop() {
+                Some(c) => c,
+                None => schema::open_reader(&inner.path).map_err(sql::map)?,
+            };
+            let out = f(&conn).map_err(sql::map);
+            inner.readers.lock().push(conn);
+            out
+        })
+        .await
+        .map_err(|e| BackendError::Other(format!("read task failed: {e}")))?
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    let mut done: Vec<Completion> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "sqlite: cannot begin a write transaction");
+            for job in batch.drain(..) {
+                // The job does not run; it reports the failure through its completion.
+                let (_, c) = job(None);
+                c(Err(msg.clone()));
+            }
+            continue;
+        }
+        for job in batch.drain(..) {
+            let sp = conn.execute_batch("SAVEPOINT w");
+            let (keep, completion) = job(Some(&conn));
+            if sp.is_ok() {
+                if !keep {
+                    let _ = conn.execute_batch("ROLLBACK TO w");
+                }
+                let _ = conn.execute_batch("RELEASE w");
+            }
+            done.push(completion);
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if let Err(m) = &commit {
+            tracing::error!(error = %m, "sqlite: group commit failed");
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for c in done.drain(..) {
+            c(commit.clone());
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for SqliteStore {
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let name = name.to_owned();
+        self.read(move |c| sql::setting(c, &name)).await
+    }
+
+    async fn init_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.write(move |c| sql::init_setting(c, &name, &value)).await
+    }
+
+    async fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), BackendError> {
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.write(move |c| sql::set_setting(c, &name, &value)).await
+    }
+
+    async fn create_tenant(&self, row: &TenantRow, key: &SigningKeyRow) -> Result<(), BackendError> {
+        let (row, key) = (row.clone(), key.clone());
+        self.write(move |c| sql::create_tenant(c, &row, &key)).await
+    }
+
+    async fn tenant(&self, id: TenantId) -> Result<Option<TenantRow>, BackendError> {
+        self.read(move |c| sql::tenant(c, id)).await
+    }
+
+    async fn list_tenants(&self, after: Option<TenantId>, limit: usize) -> Result<Vec<Tenant>, BackendError> {
+        self.read(move |c| sql::list_tenants(c, after, limit)).await
+    }
+
+    async fn update_tenant(&self, id: TenantId, patch: &TenantPatch) -> Result<Option<Tenant>, BackendError> {
+        let patch = patch.clone();
+        self.write(move |c| sql::update_tenant(c, id, &patch)).await
+    }
+
+    async fn shred_tenant(&self, id: TenantId) -> Result<bool, BackendError> {
+        self.write(move |c| sql::shred_tenant(c, id)).await
+    }
+
+    async fn signing_keys(&self, id: TenantId) -> Result<Vec<SigningKeyRow>, BackendError> {
+        self.read(move |c| sql::signing_keys(c, id)).await
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRow) -> Result<(), BackendError> {
+        let key = key.clone();
+        self.write(move |c| sql::add_signing_key(c, &key)).await
+    }
+}
+
+#[async_trait]
+impl RecordBackend for SqliteStore {
+    async fn put_collection(&self, s: &Scope, row: &CollectionRow, expected: Option<u64>) -> Result<bool, BackendError> {
+        let (t, row) = (s.tenant(), row.clone());
+        self.write(move |c| sql::put_collection(c, t, &row, expected)).await
+    }
+
+    async fn collection(&self, s: &Scope, name: &CollectionName) -> Result<Option<CollectionRow>, BackendError> {
+        let (t, name) = (s.tenant(), name.clone());
+        self.read(move |c| sql::collection(c, t, &name)).await
+    }
+
+    async fn collections(&self, s: &Scope) -> Result<Vec<CollectionRow>, BackendError> {
+        let t = s.tenant();
+        self.read(move |c| sql::collections(c, t)).await
+    }
+
+    async fn all_records(&self, s: &Scope, name: &CollectionName) -> Result<Vec<RecordRow>, BackendError> {
+        let (t, name) = (s.tenant(), name.clone());
+        self.read(move |c| sql::query(c, t, &name, &[], None, usize::MAX)).await
+    }
+
+    async fn reindex(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        collection_version: u64,
+        entries: &[(RecordId, Vec<IndexToken>)],
+    ) -> Result<bool, BackendError> {
+        let (t, name, entries) = (s.tenant(), name.clone(), entries.to_vec());
+        self.write(move |c| sql::reindex(c, t, &name, collection_version, &entries)).await
+    }
+
+    async fn insert(&self, s: &Scope, row: &InsertRow) -> Result<InsertOutcome, BackendError> {
+        let (t, row) = (s.tenant(), row.clone());
+        self.write(move |c| sql::insert(c, t, &row)).await
+    }
+
+    async fn get(&self, s: &Scope, name: &CollectionName, id: RecordId) -> Result<Option<RecordRow>, BackendError> {
+        let (t, name) = (s.tenant(), name.clone());
+        self.read(move |c| sql::get(c, t, &name, id)).await
+    }
+
+    async fn update(&self, s: &Scope, row: &UpdateRow) -> Result<WriteOutcome, BackendError> {
+        let (t, row) = (s.tenant(), row.clone());
+        self.write(move |c| sql::update(c, t, &row)).await
+    }
+
+    async fn delete(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        id: RecordId,
+        expected: Option<u64>,
+    ) -> Result<WriteOutcome, BackendError> {
+        let (t, name) = (s.tenant(), name.clone());
+        self.write(move |c| sql::delete(c, t, &name, id, expected)).await
+    }
+
+    async fn query(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        all_of: &[IndexToken],
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, BackendError> {
+        let (t, name, all_of) = (s.tenant(), name.clone(), all_of.to_vec());
+        self.read(move |c| sql::query(c, t, &name, &all_of, after, limit)).await
+    }
+
+    async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {
+        self.write(move |c| sql::purge_tenant(c, tenant)).await
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+}

@@ -1,0 +1,110 @@
+//! Connection settings and migrations for the SQLite adapter.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+///
+/// INVARIANT: the tenant id leads every primary key and index of a tenant-owned table.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE settings (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE tenants (
+    id           BLOB PRIMARY KEY,
+    name         TEXT NOT NULL,
+    tier         TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    placement    TEXT NOT NULL,
+    wrapped_root BLOB,
+    created_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+-- A name is unique among tenants that are not deleted; a deleted tenant's name can be reused.
+CREATE UNIQUE INDEX tenants_live_name ON tenants (name) WHERE status <> 'deleted';
+
+CREATE TABLE signing_keys (
+    tenant_id       BLOB NOT NULL,
+    kid             TEXT NOT NULL,
+    alg             TEXT NOT NULL,
+    public          BLOB NOT NULL,
+    wrapped_private BLOB NOT NULL,
+    created_at      INTEGER NOT NULL,
+    active          INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, kid)
+) WITHOUT ROWID;
+
+CREATE TABLE collections (
+    tenant_id  BLOB NOT NULL,
+    name       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    definition BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+) WITHOUT ROWID;
+
+CREATE TABLE records (
+    tenant_id  BLOB NOT NULL,
+    collection TEXT NOT NULL,
+    id         BLOB NOT NULL,
+    version    INTEGER NOT NULL,
+    data       BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, collection, id)
+) WITHOUT ROWID;
+
+CREATE TABLE record_index (
+    tenant_id  BLOB NOT NULL,
+    collection TEXT NOT NULL,
+    token      BLOB NOT NULL,
+    record_id  BLOB NOT NULL,
+    PRIMARY KEY (tenant_id, collection, token, record_id)
+) WITHOUT ROWID;
+CREATE INDEX record_index_by_record ON record_index (tenant_id, collection, record_id);
+
+CREATE TABLE idempotency (
+    tenant_id  BLOB NOT NULL,
+    key        BLOB NOT NULL,
+    request    BLOB NOT NULL,
+    response   BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+) WITHOUT ROWID;
+"];
+
+/// The writer: WAL, and every commit fsync'd before it is acknowledged.
+pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.pragma_update(None, "foreign_keys", "OFF")?;
+    c.pragma_update(None, "busy_timeout", 5000)?;
+    c.pragma_update(None, "cache_size", -32_000)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    c.pragma_update(None, "busy_timeout", 5000)?;
+    c.pragma_update(None, "cache_size", -16_000)?;
+    c.set_prepared_statement_cache_capacity(64);
+    Ok(c)
+}
+
+pub(crate) fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
+    let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
+        let tx = c.transaction()?;
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        tx.commit()?;
+    }
+    Ok(())
+}

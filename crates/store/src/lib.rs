@@ -1,0 +1,21 @@
+//! Bulkhead's storage: the port every backend adapter implements, and the record service that
+//! sits on top of it.
+//!
+//! - [`port`] is what an adapter (SQLite, PostgreSQL) implements. It moves opaque bytes: adapters
+//!   never see plaintext record data or key material, only ciphertext, blind-index tokens and
+//!   wrapped keys.
+//! - [`service`] is what the rest of Bulkhead calls. It encrypts, validates and indexes, and
+//!   hands out tenant data only through a [`service::TenantHandle`], which can only be made from
+//!   a verified [`bulkhead_core::TenantContext`].
+//! - [`contract`] (feature `contract`) is the one test suite every adapter runs.
+
+pub mod error;
+pub mod port;
+pub mod service;
+
+#[cfg(feature = "contract")]
+pub mod contract;
+
+pub use error::{BackendError, StoreError};
+pub use port::{Registry, RecordBackend, Scope};
+pub use service::{Store, StoreConfig, TenantHandle};
