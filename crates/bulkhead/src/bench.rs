@@ -57,6 +57,9 @@ const GRACE: Duration = Duration::from_secs(10);
 /// because tokio's timer has a resolution of one millisecond.
 const TIMER_SLACK: Duration = Duration::from_millis(1);
 
+/// In open-loop mode a request due before the end may still be sent this late.
+const LATE_CUTOFF: Duration = Duration::from_millis(100);
+
 /// Pause between attempts to reconnect a worker's connection.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -114,36 +117,36 @@ pub struct BenchArgs {
     pub scenario: Scenario,
 
     /// How many tenants to create and spread the load over
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub tenants: u32,
 
     /// Records seeded in each tenant before the run (read targets)
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub records_per_tenant: u32,
 
     /// Concurrent workers, each with its own keep-alive connection
-    #[arg(long, short = 'c', default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub connections: u32,
 
     /// Measured time, in seconds
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub duration: u64,
 
     /// Time under load before measuring starts, in seconds
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=3_600))]
+    #[arg(long, value_name = "SECONDS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=3_600))]
     pub warmup: u64,
 
     /// Share of reads in the mixed scenario, between 0 and 1
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, value_name = "RATIO", default_value_t = 0.9)]
     pub read_ratio: f64,
 
     /// Target total requests per second (open loop, latency measured from the
     /// intended send time); without it each worker sends as fast as answers come
-    #[arg(long)]
+    #[arg(long, value_name = "REQ_PER_S")]
     pub rate: Option<f64>,
 
     /// Seed for picking tenants and records, to repeat a run's choices
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
     /// Tier of the tenants created for the run
@@ -151,7 +154,7 @@ pub struct BenchArgs {
     pub tier: Tier,
 
     /// Concurrent requests during setup
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub setup_concurrency: u32,
 }
 
@@ -159,6 +162,11 @@ pub struct BenchArgs {
 /// if more than 1 % of the requests failed.
 pub async fn bench(remote: &Remote, args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
+    // Every scenario but healthz sets up tenants: ask for the token first.
+    let admin = match args.scenario {
+        Scenario::Healthz => None,
+        _ => Some(remote.operator_client()?),
+    };
     let probe = ApiClient::new(&remote.url, None)?;
     probe
         .get("/healthz")
@@ -173,10 +181,9 @@ pub async fn bench(remote: &Remote, args: BenchArgs) -> anyhow::Result<()> {
 
     let seed = args.seed.unwrap_or_else(seed_from_clock);
     let run_id = run_id(seed);
-    let tenants = if args.scenario == Scenario::Healthz {
-        Vec::new()
-    } else {
-        setup(remote, &args, &base, &run_id).await?
+    let tenants = match &admin {
+        Some(admin) => setup(admin, &args, &base, &run_id).await?,
+        None => Vec::new(),
     };
 
     let plan = Arc::new(Plan::new(&args, &base, addr, tenants)?);
@@ -261,12 +268,11 @@ struct TenantTarget {
 
 /// Creates the tenants, their tokens, collections and records.
 async fn setup(
-    remote: &Remote,
+    admin: &ApiClient,
     args: &BenchArgs,
     base: &BaseUrl,
     run_id: &str,
 ) -> anyhow::Result<Vec<TenantTarget>> {
-    let admin = remote.operator_client()?;
     let bar = ProgressBar::new(u64::from(args.tenants)).with_style(bar_style(
         "{msg:>12} [{bar:40}] {pos}/{len} tenants ({per_sec}, eta {eta})",
     ));
@@ -275,7 +281,6 @@ async fn setup(
     let ttl = 3600 + args.warmup + args.duration;
     let targets: Vec<TenantTarget> = futures::stream::iter(0..args.tenants)
         .map(|i| {
-            let admin = &admin;
             let bar = &bar;
             async move {
                 let name = format!("bench-{run_id}-{i}");
@@ -485,6 +490,21 @@ impl Schedule {
     fn offset(&self, k: u64) -> Duration {
         let slot = k.saturating_mul(self.workers).saturating_add(self.worker);
         Duration::try_from_secs_f64(slot as f64 / self.rate).unwrap_or(Duration::MAX)
+    }
+
+    /// How many of this worker's requests are due strictly before `at`.
+    fn due_before(&self, at: Duration) -> u64 {
+        // Request k is due before `at` iff k·workers + worker < at·rate.
+        let slots = at.as_secs_f64() * self.rate - self.worker as f64;
+        if slots <= 0.0 {
+            return 0;
+        }
+        let count = (slots / self.workers.max(1) as f64).ceil() as u64;
+        // Guard against rounding at the boundary.
+        match count.checked_sub(1) {
+            Some(last) if self.offset(last) >= at => last,
+            _ => count,
+        }
     }
 }
 
@@ -762,14 +782,16 @@ async fn worker(plan: Arc<Plan>, id: u32, seed: u64, stats: Stats) -> Stats {
         tokio::pin!(conn);
         // The connection is driven here, in the worker's own task, rather than
         // in a task of its own: one task and no cross-task wake-up per request.
+        // The request loop is polled before the connection so that an answer
+        // that arrived just before the server closed is still taken.
         let outcome = tokio::select! {
             biased;
             () = &mut hard_stop => None,
+            outcome = send_loop(&plan, &mut sender, &mut w) => Some(Ok(outcome)),
             ended = &mut conn => Some(Err(ended.err().map_or_else(
                 || "the server closed the connection".to_owned(),
                 |e| e.to_string(),
             ))),
-            outcome = send_loop(&plan, &mut sender, &mut w) => Some(Ok(outcome)),
         };
         match outcome {
             None => {
@@ -792,16 +814,9 @@ async fn worker(plan: Arc<Plan>, id: u32, seed: u64, stats: Stats) -> Stats {
     }
     // Open loop: whatever was due in the measured window but never sent.
     if let Some(schedule) = w.schedule {
-        loop {
-            let due = plan.start + schedule.offset(w.next);
-            if due >= plan.end {
-                break;
-            }
-            if due >= plan.warm_end {
-                w.stats.missed += 1;
-            }
-            w.next += 1;
-        }
+        let first_measured = schedule.due_before(plan.warm_end - plan.start);
+        let last = schedule.due_before(plan.end - plan.start);
+        w.stats.missed += last.saturating_sub(w.next.max(first_measured));
     }
     w.stats
 }
@@ -837,9 +852,14 @@ async fn send_loop(plan: &Plan, sender: &mut SendRequest<Full<Bytes>>, w: &mut W
             return Outcome::Reconnect;
         }
         let now = Instant::now();
-        // Open loop too: a generator that fell behind does not run over; what
-        // it did not send in time is counted as missed.
-        if now >= plan.end {
+        // Open loop too: a generator that fell behind does not run over (by
+        // more than a timer's hiccup); what it did not send is counted as missed.
+        let cutoff = if due.is_some() {
+            plan.end + LATE_CUTOFF
+        } else {
+            plan.end
+        };
+        if now >= cutoff {
             return Outcome::Done;
         }
         w.next += 1;
@@ -855,7 +875,7 @@ async fn send_loop(plan: &Plan, sender: &mut SendRequest<Full<Bytes>>, w: &mut W
         // Open loop: measured from the intended time if late, from the actual
         // send if a little early (see TIMER_SLACK).
         let started = due.map_or(now, |due| due.min(now));
-        let measured = started >= plan.warm_end;
+        let measured = due.unwrap_or(now) >= plan.warm_end;
         w.in_flight = Some(measured);
         let response = match sender.send_request(req).await {
             Ok(response) => response,
@@ -1253,6 +1273,19 @@ mod tests {
         };
         assert_eq!(s.offset(0), Duration::ZERO);
         assert!(s.offset(3).abs_diff(Duration::from_secs(1)) < Duration::from_nanos(10));
+        // Counting agrees with the offsets.
+        for w in 0..3 {
+            let s = Schedule {
+                rate: 700.0,
+                workers: 3,
+                worker: w,
+            };
+            for at_ms in [0, 1, 4, 5, 100, 1000, 1003] {
+                let at = Duration::from_millis(at_ms);
+                let expected = (0..10_000).filter(|k| s.offset(*k) < at).count() as u64;
+                assert_eq!(s.due_before(at), expected, "worker {w} before {at:?}");
+            }
+        }
         // Absurd indices saturate instead of overflowing.
         let s = Schedule {
             rate: 1e-300,

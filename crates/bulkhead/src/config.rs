@@ -39,6 +39,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Tier names tenants may be given.
     pub tiers: Vec<String>,
+    /// A request still running after this many seconds is abandoned with 503.
+    pub request_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,9 +70,21 @@ pub struct CacheConfig {
     pub capacity: usize,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
+    /// PostgreSQL URL (`postgres://user@host:5432/db`). Unset: the embedded SQLite database in
+    /// `data_dir`. Migrations run as this URL's user; tenant traffic runs as the
+    /// `bulkhead_app` role (see `app_url`). Env: `BULKHEAD_DATABASE_URL`.
+    pub url: Option<String>,
+    /// A separate URL for tenant traffic, logging in as a role that is a member of
+    /// `bulkhead_app` and cannot bypass row-level security. Unset: `url`, narrowed with
+    /// `SET ROLE bulkhead_app` on every connection.
+    pub app_url: Option<String>,
+    /// PostgreSQL connections per instance.
+    pub pool_size: usize,
+    /// How long to keep retrying an unreachable database at start before giving up.
+    pub connect_timeout_seconds: u64,
     /// File holding the master key (unpadded base64url of 32 bytes). Default:
     /// `<data_dir>/master.key`, generated on first start. `BULKHEAD_MASTER_KEY` wins over it.
     pub master_key_file: Option<PathBuf>,
@@ -92,6 +106,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             storage: StorageConfig::default(),
             tiers: vec!["free".into(), "standard".into(), "enterprise".into()],
+            request_timeout_seconds: 30,
         }
     }
 }
@@ -111,18 +126,56 @@ impl Default for TokenConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { ttl_seconds: 5, capacity: 100_000 }
+        Self {
+            ttl_seconds: 5,
+            capacity: 100_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs may carry passwords: show only whether they are set.
+        f.debug_struct("StorageConfig")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("app_url", &self.app_url.as_ref().map(|_| "<set>"))
+            .field("pool_size", &self.pool_size)
+            .field("master_key_file", &self.master_key_file)
+            .field("sqlite_readers", &self.sqlite_readers)
+            .field("idempotency_hours", &self.idempotency_hours)
+            .finish_non_exhaustive()
     }
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { master_key_file: None, sqlite_readers: 8, idempotency_hours: 24 }
+        Self {
+            url: None,
+            app_url: None,
+            pool_size: 16,
+            connect_timeout_seconds: 30,
+            master_key_file: None,
+            sqlite_readers: 8,
+            idempotency_hours: 24,
+        }
     }
 }
 
 /// Environment variables that are secrets or client settings, not configuration keys.
-const NOT_CONFIG: &[&str] = &["ADMIN_TOKEN", "MASTER_KEY", "URL"];
+/// Top-level keys the environment may set, as `BULKHEAD_<KEY>` or `BULKHEAD_<KEY>__<SUBKEY>`.
+/// Other `BULKHEAD_*` variables (secrets, client settings, test settings) are not configuration.
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "log_format",
+    "log_level",
+    "tokens",
+    "limits",
+    "cache",
+    "storage",
+    "tiers",
+    "request_timeout_seconds",
+];
 
 impl Config {
     /// Resolves the configuration: defaults → `file` → `BULKHEAD_*` environment. Nested keys
@@ -135,7 +188,17 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(f));
         }
-        fig = fig.merge(Env::prefixed("BULKHEAD_").ignore(NOT_CONFIG).split("__"));
+        let env = Env::prefixed("BULKHEAD_")
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                k == "database_url" || ENV_KEYS.contains(&k.split("__").next().unwrap_or(""))
+            })
+            .map(|k| match k.as_str().to_ascii_lowercase().as_str() {
+                // The one short form: `BULKHEAD_DATABASE_URL` is `[storage] url`.
+                "database_url" => "storage.url".into(),
+                other => other.replace("__", ".").into(),
+            });
+        fig = fig.merge(env);
         let cfg: Config = fig.extract().context("invalid configuration")?;
         cfg.check()?;
         Ok(cfg)
@@ -143,12 +206,23 @@ impl Config {
 
     fn check(&self) -> anyhow::Result<()> {
         if self.tokens.leeway_seconds > 60 {
-            anyhow::bail!("tokens.leeway_seconds must be at most 60 (got {})", self.tokens.leeway_seconds);
+            anyhow::bail!(
+                "tokens.leeway_seconds must be at most 60 (got {})",
+                self.tokens.leeway_seconds
+            );
+        }
+        if self.request_timeout_seconds == 0 {
+            anyhow::bail!("request_timeout_seconds must be at least 1");
         }
         if self.tokens.max_ttl_seconds == 0 || self.tokens.default_ttl_seconds == 0 {
             anyhow::bail!("token lifetimes must be at least 1 second");
         }
-        if self.limits.max_body_bytes < 1024 || self.limits.max_record_bytes == 0 || self.limits.max_json_depth == 0 {
+        if self.limits.max_body_bytes < 1024
+            || self.limits.max_record_bytes == 0
+            || self.limits.max_json_depth == 0
+            || self.limits.max_page_size == 0
+            || self.limits.max_token_bytes < 512
+        {
             anyhow::bail!("limits are too small to serve any request");
         }
         for t in &self.tiers {
@@ -162,19 +236,29 @@ impl Config {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
+#[allow(
+    clippy::unwrap_used,
+    clippy::result_large_err,
+    reason = "tests; figment's Jail returns its own error"
+)]
 mod tests {
     use super::*;
 
     #[test]
     fn file_then_env_layering() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("b.toml", "listen = \"127.0.0.1:9000\"\n[tokens]\nleeway_seconds = 10\n")?;
+            jail.create_file(
+                "b.toml",
+                "listen = \"127.0.0.1:9000\"\n[tokens]\nleeway_seconds = 10\n",
+            )?;
             jail.set_env("BULKHEAD_TOKENS__LEEWAY_SECONDS", "20");
             jail.set_env("BULKHEAD_ADMIN_TOKEN", "not-config");
+            jail.set_env("BULKHEAD_TEST_DATABASE_URL", "not-config-either");
+            jail.set_env("BULKHEAD_DATABASE_URL", "postgres://u@127.0.0.1/db");
             let c = Config::load(Some(Path::new("b.toml"))).unwrap();
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.tokens.leeway_seconds, 20);
+            assert_eq!(c.storage.url.as_deref(), Some("postgres://u@127.0.0.1/db"));
             Ok(())
         });
     }

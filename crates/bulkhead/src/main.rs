@@ -19,12 +19,17 @@ use crate::config::{Config, LogFormat};
 
 /// Strict tenant isolation and per-tenant governance for SaaS backends.
 #[derive(Debug, Parser)]
-#[command(name = "bulkhead", version, propagate_version = true, after_help = "\
+#[command(
+    name = "bulkhead",
+    version,
+    propagate_version = true,
+    after_help = "\
 Quick start:
   bulkhead serve                                   # embedded storage in ./bulkhead-data
   export BULKHEAD_ADMIN_TOKEN=...                  # printed on first start
   bulkhead tenants create acme
-  bulkhead tokens mint --tenant <ID> --subject alice --role member")]
+  bulkhead tokens mint --tenant <ID> --subject alice --role member"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,6 +60,8 @@ enum Command {
         #[command(flatten)]
         remote: ops::Remote,
     },
+    /// Apply storage migrations and exit (PostgreSQL; the embedded database migrates on open).
+    Migrate(MigrateArgs),
     /// Print the OpenAPI document of the API.
     Openapi,
 }
@@ -80,9 +87,22 @@ struct ServeArgs {
     log_format: Option<LogFormat>,
 }
 
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// Configuration file (TOML); `BULKHEAD_DATABASE_URL` or `[storage] url` names the database
+    #[arg(long, short = 'c', env = "BULKHEAD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded database (when no PostgreSQL URL is configured)
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
@@ -92,7 +112,10 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::print_stderr, reason = "the error chain is the CLI's last word")]
+#[allow(
+    clippy::print_stderr,
+    reason = "the error chain is the CLI's last word"
+)]
 fn fail(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     ExitCode::FAILURE
@@ -112,12 +135,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(f) = a.log_format {
                 cfg.log_format = f;
             }
-            telemetry::init(cfg.log_format, &cfg.log_level);
+            let _flush_on_exit = telemetry::init(cfg.log_format, &cfg.log_level);
             serve::run(cfg).await
         }
         Command::Tenants { cmd, remote } => ops::tenants(&remote, cmd).await,
         Command::Tokens { cmd, remote } => ops::tokens(&remote, cmd).await,
         Command::Bench { args, remote } => bench::bench(&remote, args).await,
+        Command::Migrate(a) => {
+            let mut cfg = Config::load(a.config.as_deref())?;
+            if let Some(d) = a.data_dir {
+                cfg.data_dir = d;
+            }
+            let _flush_on_exit = telemetry::init(cfg.log_format, &cfg.log_level);
+            match cfg.storage.url.as_deref() {
+                Some(url) => {
+                    serve::migrate_postgres(
+                        url,
+                        std::time::Duration::from_secs(cfg.storage.connect_timeout_seconds),
+                    )
+                    .await?;
+                    tracing::info!("PostgreSQL migrations applied");
+                }
+                None => {
+                    serve::open_storage(&cfg).await?;
+                    tracing::info!(data_dir = %cfg.data_dir.display(), "embedded database migrated");
+                }
+            }
+            Ok(())
+        }
         Command::Openapi => {
             println!("{}", bulkhead_http::openapi().to_pretty_json()?);
             Ok(())

@@ -72,14 +72,14 @@ impl Remote {
     }
 }
 
-/// A tenant's service tier, which sets its quotas.
+/// A tenant's service tier.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
-    /// Smallest quotas
+    /// The `free` tier
     Free,
     /// The default tier
     Standard,
-    /// Largest quotas
+    /// The `enterprise` tier
     Enterprise,
 }
 
@@ -135,7 +135,7 @@ pub enum TenantsCmd {
     )]
     List {
         /// How many tenants to ask for per page
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Follow the cursors and list every tenant, not only the first page
         #[arg(long)]
@@ -182,16 +182,16 @@ pub enum TokensCmd {
     )]
     Mint {
         /// Tenant id
-        #[arg(long)]
+        #[arg(long, value_name = "ID")]
         tenant: String,
-        /// Who the token is for (user or service name), recorded in the audit log
-        #[arg(long)]
+        /// Who the token is for (user or service name), carried in the token's `sub` claim
+        #[arg(long, value_name = "NAME")]
         subject: String,
         /// Role to grant; repeat for several
-        #[arg(long = "role", value_enum, default_values_t = [Role::Member])]
+        #[arg(long = "role", value_name = "ROLE", value_enum, default_values_t = [Role::Member])]
         roles: Vec<Role>,
         /// Lifetime of the token in seconds
-        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
         ttl: u64,
     },
 }

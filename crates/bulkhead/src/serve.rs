@@ -1,7 +1,7 @@
 //! `bulkhead serve`: resolve secrets, open storage, build the application, run until stopped.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,9 @@ use bulkhead_core::crypto::MasterKey;
 use bulkhead_core::token::{TokenSettings, Verifier};
 use bulkhead_http::auth::OperatorCredential;
 use bulkhead_http::{AppState, HttpConfig};
+use bulkhead_store::port::{RecordBackend, Registry};
 use bulkhead_store::{Store, StoreConfig};
+use bulkhead_store_postgres::PostgresStore;
 use bulkhead_store_sqlite::SqliteStore;
 use rand_core::{OsRng, RngCore};
 use zeroize::Zeroizing;
@@ -41,11 +43,13 @@ fn write_secret_file(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 fn read_secret_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(file = %path.display(), "secret file is readable by group or others; chmod 600 it");
     }
-    let s = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+    let s = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
     Ok(Zeroizing::new(s.trim().to_owned()))
 }
 
@@ -55,13 +59,32 @@ pub fn master_key(cfg: &Config, env: Option<&str>) -> anyhow::Result<MasterKey> 
     if let Some(v) = env {
         return MasterKey::from_base64url(v).context("BULKHEAD_MASTER_KEY is invalid");
     }
-    let path = cfg.storage.master_key_file.clone().unwrap_or_else(|| cfg.data_dir.join("master.key"));
+    let path = cfg
+        .storage
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("master.key"));
+    // With PostgreSQL the key never lives beside the data: it must be supplied.
+    if cfg.storage.url.is_some() && cfg.storage.master_key_file.is_none() {
+        bail!(
+            "with PostgreSQL storage the master key must come from BULKHEAD_MASTER_KEY or `storage.master_key_file`"
+        );
+    }
     if path.exists() {
         let s = read_secret_file(&path)?;
-        return MasterKey::from_base64url(&s).with_context(|| format!("`{}` does not hold a valid master key", path.display()));
+        return MasterKey::from_base64url(&s)
+            .with_context(|| format!("`{}` does not hold a valid master key", path.display()));
     }
     if cfg.storage.master_key_file.is_some() {
         bail!("master key file `{}` does not exist", path.display());
+    }
+    // A new key only for new data: a database written with another key would be unreadable.
+    if bulkhead_store_sqlite::database_path(&cfg.data_dir).exists() {
+        bail!(
+            "`{}` holds a database but no master key: set BULKHEAD_MASTER_KEY or restore `{}`",
+            cfg.data_dir.display(),
+            path.display()
+        );
     }
     let key = MasterKey::generate();
     write_secret_file(&path, &key.to_base64url())?;
@@ -69,49 +92,131 @@ pub fn master_key(cfg: &Config, env: Option<&str>) -> anyhow::Result<MasterKey> 
     Ok(key)
 }
 
+/// Shortest operator token accepted.
+const MIN_ADMIN_TOKEN: usize = 16;
+
 /// The operator token's hash: from `BULKHEAD_ADMIN_TOKEN`, else `<data_dir>/admin-token`
 /// (generated on first start and printed once).
-pub fn admin_token(data_dir: &Path, env: Option<&str>) -> anyhow::Result<([u8; 32], AdminTokenSource, Option<Zeroizing<String>>)> {
+pub fn admin_token(
+    data_dir: &Path,
+    env: Option<&str>,
+) -> anyhow::Result<([u8; 32], AdminTokenSource, Option<Zeroizing<String>>)> {
     if let Some(t) = env {
-        if t.len() < 16 {
-            bail!("BULKHEAD_ADMIN_TOKEN must be at least 16 characters");
+        if t.len() < MIN_ADMIN_TOKEN {
+            bail!("BULKHEAD_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN} characters");
         }
         return Ok((OperatorCredential::hash(t), AdminTokenSource::Env, None));
     }
     let path = data_dir.join("admin-token");
     if path.exists() {
         let t = read_secret_file(&path)?;
-        return Ok((OperatorCredential::hash(&t), AdminTokenSource::File(path), None));
+        if t.len() < MIN_ADMIN_TOKEN {
+            bail!(
+                "`{}` must hold a token of at least {MIN_ADMIN_TOKEN} characters",
+                path.display()
+            );
+        }
+        return Ok((
+            OperatorCredential::hash(&t),
+            AdminTokenSource::File(path),
+            None,
+        ));
     }
     let mut raw = [0u8; 32];
     OsRng.fill_bytes(&mut raw);
     use base64::Engine;
-    let token = Zeroizing::new(format!("bh_admin_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)));
+    let token = Zeroizing::new(format!(
+        "bh_admin_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    ));
     write_secret_file(&path, &token)?;
-    Ok((OperatorCredential::hash(&token), AdminTokenSource::Generated(path), Some(token)))
+    Ok((
+        OperatorCredential::hash(&token),
+        AdminTokenSource::Generated(path),
+        Some(token),
+    ))
+}
+
+/// Opens the configured storage: PostgreSQL when `storage.url` is set (migrations first, with a
+/// bounded retry while the database is unreachable), else the embedded SQLite database.
+pub async fn open_storage(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn Registry>, Arc<dyn RecordBackend>)> {
+    let Some(url) = cfg.storage.url.as_deref() else {
+        let sqlite = SqliteStore::open(&cfg.data_dir, cfg.storage.sqlite_readers)
+            .with_context(|| format!("cannot open the database in `{}`", cfg.data_dir.display()))?;
+        return Ok((Arc::new(sqlite.clone()), Arc::new(sqlite)));
+    };
+    migrate_postgres(
+        url,
+        Duration::from_secs(cfg.storage.connect_timeout_seconds),
+    )
+    .await?;
+    let pg = match cfg.storage.app_url.as_deref() {
+        Some(app) => PostgresStore::connect_app(app, cfg.storage.pool_size).await,
+        None => PostgresStore::connect(url, cfg.storage.pool_size).await,
+    }
+    .map_err(|e| anyhow::anyhow!("cannot serve from PostgreSQL: {e}"))?;
+    tracing::info!(
+        pool_size = cfg.storage.pool_size,
+        "storage: PostgreSQL (row-level security on)"
+    );
+    Ok((Arc::new(pg.clone()), Arc::new(pg)))
+}
+
+/// Runs PostgreSQL migrations, retrying for up to `patience` while the server is unreachable.
+pub async fn migrate_postgres(url: &str, patience: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + patience;
+    let mut attempt = 1u32;
+    loop {
+        match PostgresStore::migrate(url).await {
+            Ok(()) => return Ok(()),
+            Err(bulkhead_store::BackendError::Unavailable(e))
+                if std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(attempt, error = %e, "PostgreSQL is not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt += 1;
+            }
+            Err(e) => bail!("cannot migrate the PostgreSQL database: {e}"),
+        }
+    }
 }
 
 /// Everything a running server needs, built from configuration (without binding a socket).
-pub async fn build(cfg: &Config, master_env: Option<&str>, admin_env: Option<&str>) -> anyhow::Result<(AppState, Option<Zeroizing<String>>)> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data directory `{}`", cfg.data_dir.display()))?;
+pub async fn build(
+    cfg: &Config,
+    master_env: Option<&str>,
+    admin_env: Option<&str>,
+) -> anyhow::Result<(AppState, Option<Zeroizing<String>>)> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.data_dir)
+        .with_context(|| format!("cannot create data directory `{}`", cfg.data_dir.display()))?;
     let master = master_key(cfg, master_env)?;
-    let sqlite = SqliteStore::open(&cfg.data_dir, cfg.storage.sqlite_readers)
-        .with_context(|| format!("cannot open the database in `{}`", cfg.data_dir.display()))?;
+    let (registry, backend) = open_storage(cfg).await?;
     let store_cfg = StoreConfig {
         limits: cfg.limits.clone(),
         idempotency_ttl: Duration::from_secs(cfg.storage.idempotency_hours.saturating_mul(3600)),
         cache_ttl: Duration::from_secs(cfg.cache.ttl_seconds),
         cache_capacity: cfg.cache.capacity,
     };
-    let store = Store::open(Arc::new(sqlite.clone()), Arc::new(sqlite), master, store_cfg).await.map_err(|e| match e {
-        bulkhead_store::StoreError::Internal(m) => anyhow::anyhow!("{m}"),
-        other => anyhow::anyhow!(other),
-    })?;
+    let store = Store::open(registry, backend, master, store_cfg)
+        .await
+        .map_err(|e| match e {
+            bulkhead_store::StoreError::Internal(m) => anyhow::anyhow!("{m}"),
+            other => anyhow::anyhow!(other),
+        })?;
     let (hash, source, generated) = admin_token(&cfg.data_dir, admin_env)?;
-    store.registry().set_setting("operator-token-hash", &hash).await.context("cannot store the operator token hash")?;
     match &source {
         AdminTokenSource::Env => tracing::info!("operator token from BULKHEAD_ADMIN_TOKEN"),
-        AdminTokenSource::File(p) | AdminTokenSource::Generated(p) => tracing::info!(file = %p.display(), "operator token from file"),
+        AdminTokenSource::File(p) => {
+            tracing::info!(file = %p.display(), "operator token from file")
+        }
+        AdminTokenSource::Generated(p) => {
+            tracing::info!(file = %p.display(), "generated an operator token")
+        }
     }
     let verifier = Verifier::new(TokenSettings {
         issuer: cfg.tokens.issuer.clone(),
@@ -121,51 +226,71 @@ pub async fn build(cfg: &Config, master_env: Option<&str>, admin_env: Option<&st
         max_ttl_secs: cfg.tokens.max_ttl_seconds,
     });
     let http = HttpConfig {
+        request_timeout: Duration::from_secs(cfg.request_timeout_seconds),
         tiers: cfg.tiers.iter().cloned().collect(),
         default_token_ttl_secs: cfg.tokens.default_ttl_seconds,
         token_cache_capacity: cfg.tokens.cache_capacity,
     };
-    let state = AppState::new(Arc::new(store), verifier, OperatorCredential::from_hash(hash), http);
+    let state = AppState::new(
+        Arc::new(store),
+        verifier,
+        OperatorCredential::from_hash(hash),
+        http,
+    );
     Ok((state, generated))
 }
 
-/// Resolves when the process gets SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// A future that resolves when the process gets SIGINT or SIGTERM. The handlers are installed
+/// when this is called, so a signal that arrives before serving starts is not lost.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutting down: draining in-flight requests");
+        tracing::info!("shutting down: draining in-flight requests");
+    })
 }
 
-#[allow(clippy::print_stderr, reason = "the generated operator token is shown once, on the terminal")]
+#[allow(
+    clippy::print_stdout,
+    reason = "the generated operator token is shown once, on stdout (logs go to stderr)"
+)]
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    let master_env = std::env::var("BULKHEAD_MASTER_KEY").ok().map(Zeroizing::new);
-    let admin_env = std::env::var("BULKHEAD_ADMIN_TOKEN").ok().filter(|s| !s.is_empty()).map(Zeroizing::new);
-    let (state, generated) = build(&cfg, master_env.as_deref().map(String::as_str), admin_env.as_deref().map(String::as_str)).await?;
+    let shutdown = shutdown_signal()?;
+    let master_env = std::env::var("BULKHEAD_MASTER_KEY")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(Zeroizing::new);
+    let admin_env = std::env::var("BULKHEAD_ADMIN_TOKEN")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(Zeroizing::new);
+    let (state, generated) = build(
+        &cfg,
+        master_env.as_deref().map(String::as_str),
+        admin_env.as_deref().map(String::as_str),
+    )
+    .await?;
     if let Some(token) = generated {
-        eprintln!(
+        println!(
             "\n  Generated an operator token (shown once; saved to {}):\n\n    {}\n\n  export BULKHEAD_ADMIN_TOKEN={}\n",
             cfg.data_dir.join("admin-token").display(),
             token.as_str(),
             token.as_str()
         );
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "bulkhead is listening");
-    bulkhead_http::serve(listener, bulkhead_http::app(state), shutdown_signal()).await.context("server error")?;
+    bulkhead_http::serve(listener, bulkhead_http::app(state), shutdown)
+        .await
+        .context("server error")?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -178,11 +303,17 @@ mod tests {
     #[test]
     fn secrets_are_generated_once_with_owner_only_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config { data_dir: dir.path().to_path_buf(), ..Config::default() };
+        let cfg = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         let k1 = master_key(&cfg, None).unwrap();
         let k2 = master_key(&cfg, None).unwrap();
         assert_eq!(k1.check_value(), k2.check_value());
-        let mode = std::fs::metadata(dir.path().join("master.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let (h1, s1, shown) = admin_token(dir.path(), None).unwrap();
         assert!(matches!(s1, AdminTokenSource::Generated(_)));
@@ -192,9 +323,26 @@ mod tests {
         assert!(again.is_none(), "printed once only");
         assert_eq!(h1, h2);
         assert_eq!(h1, OperatorCredential::hash(&shown));
-        let mode = std::fs::metadata(dir.path().join("admin-token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(admin_token(dir.path(), Some("short")).is_err());
+        // A database without its master key is refused rather than given a new key.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(bulkhead_store_sqlite::database_path(other.path()), b"").unwrap();
+        let cfg2 = Config {
+            data_dir: other.path().to_path_buf(),
+            ..Config::default()
+        };
+        assert!(
+            master_key(&cfg2, None)
+                .unwrap_err()
+                .to_string()
+                .contains("no master key")
+        );
+        assert!(!other.path().join("master.key").exists());
         assert!(master_key(&cfg, Some("bad")).is_err());
     }
 }

@@ -5,17 +5,17 @@
 //! fields are private and it has no `Default`, no `Deserialize` and no public constructor, so no
 //! other code — not a handler, not a header, not a query parameter — can make one up.
 
-use crate::{KeyId, Roles, Subject, TenantId, Timestamp};
 use crate::role::{Action, Decision};
+use crate::{KeyId, Roles, Subject, TenantId, Timestamp};
 
 #[derive(Debug, Clone)]
 pub struct TenantContext {
     tenant: TenantId,
     subject: Subject,
     roles: Roles,
-    /// The key that signed the token: lets caches drop contexts when a key is retired.
+    /// The key that signed the token: a cached context is refused once its key is gone.
     kid: KeyId,
-    /// The token's `jti`, for audit and revocation.
+    /// The token's `jti`, a unique id for this token.
     token_id: String,
     expires_at: Timestamp,
 }
@@ -29,7 +29,14 @@ impl TenantContext {
         token_id: String,
         expires_at: Timestamp,
     ) -> Self {
-        Self { tenant, subject, roles, kid, token_id, expires_at }
+        Self {
+            tenant,
+            subject,
+            roles,
+            kid,
+            token_id,
+            expires_at,
+        }
     }
 
     pub fn tenant(&self) -> TenantId {

@@ -74,7 +74,10 @@ impl MasterKey {
                 .decode(s.trim())
                 .map_err(|_| CryptoError::BadMasterKey)?,
         );
-        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| CryptoError::BadMasterKey)?;
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::BadMasterKey)?;
         Ok(Self(Secret32(arr)))
     }
 
@@ -94,23 +97,47 @@ impl MasterKey {
     }
 
     /// Creates a new tenant root key and returns it wrapped for storage.
-    pub fn new_tenant_root(&self, tenant: TenantId) -> Result<(WrappedKey, TenantKeys), CryptoError> {
+    pub fn new_tenant_root(
+        &self,
+        tenant: TenantId,
+    ) -> Result<(WrappedKey, TenantKeys), CryptoError> {
         let root = Secret32::random();
         let wrapped = seal(&self.cipher(), &root.0, &wrap_aad(tenant, b"root", None))?;
-        Ok((WrappedKey(wrapped), TenantKeys::derive(tenant, &root)))
+        Ok((WrappedKey(wrapped), TenantKeys::derive(tenant, &root)?))
     }
 
     /// Unwraps a tenant's root key and derives its working keys.
-    pub fn open_tenant_root(&self, tenant: TenantId, wrapped: &WrappedKey) -> Result<TenantKeys, CryptoError> {
-        let root = Zeroizing::new(open(&self.cipher(), &wrapped.0, &wrap_aad(tenant, b"root", None))?);
-        let arr: [u8; 32] = root.as_slice().try_into().map_err(|_| CryptoError::Unauthentic)?;
+    pub fn open_tenant_root(
+        &self,
+        tenant: TenantId,
+        wrapped: &WrappedKey,
+    ) -> Result<TenantKeys, CryptoError> {
+        let root = Zeroizing::new(open(
+            &self.cipher(),
+            &wrapped.0,
+            &wrap_aad(tenant, b"root", None),
+        )?);
+        let arr: [u8; 32] = root
+            .as_slice()
+            .try_into()
+            .map_err(|_| CryptoError::Unauthentic)?;
         let root = Secret32(arr);
-        Ok(TenantKeys::derive(tenant, &root))
+        TenantKeys::derive(tenant, &root)
     }
 
     /// Wraps a tenant's private signing key (PKCS#8 DER) for storage.
-    pub fn wrap_signing_key(&self, tenant: TenantId, kid: &KeyId, pkcs8: &[u8]) -> Result<WrappedKey, CryptoError> {
-        seal(&self.cipher(), pkcs8, &wrap_aad(tenant, b"signing", Some(kid))).map(WrappedKey)
+    pub fn wrap_signing_key(
+        &self,
+        tenant: TenantId,
+        kid: &KeyId,
+        pkcs8: &[u8],
+    ) -> Result<WrappedKey, CryptoError> {
+        seal(
+            &self.cipher(),
+            pkcs8,
+            &wrap_aad(tenant, b"signing", Some(kid)),
+        )
+        .map(WrappedKey)
     }
 
     pub fn unwrap_signing_key(
@@ -119,7 +146,12 @@ impl MasterKey {
         kid: &KeyId,
         wrapped: &WrappedKey,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        open(&self.cipher(), &wrapped.0, &wrap_aad(tenant, b"signing", Some(kid))).map(Zeroizing::new)
+        open(
+            &self.cipher(),
+            &wrapped.0,
+            &wrap_aad(tenant, b"signing", Some(kid)),
+        )
+        .map(Zeroizing::new)
     }
 }
 
@@ -156,19 +188,21 @@ impl std::fmt::Debug for TenantKeys {
 }
 
 impl TenantKeys {
-    fn derive(tenant: TenantId, root: &Secret32) -> Self {
+    fn derive(tenant: TenantId, root: &Secret32) -> Result<Self, CryptoError> {
         let hk = Hkdf::<Sha256>::new(Some(tenant.as_bytes()), &root.0);
         let mut data = Zeroizing::new([0u8; 32]);
-        let mut index = [0u8; 32];
-        // INVARIANT: 32 bytes is far below HKDF-SHA256's 8160-byte output limit, so expand
-        // cannot fail; the fallbacks keep this path panic-free all the same.
-        if hk.expand(b"bulkhead/data-key/v1", data.as_mut_slice()).is_err()
-            || hk.expand(b"bulkhead/index-key/v1", &mut index).is_err()
-        {
-            OsRng.fill_bytes(data.as_mut_slice());
-            OsRng.fill_bytes(&mut index);
-        }
-        Self { tenant, data: XChaCha20Poly1305::new(data.as_slice().into()), index: Secret32(index) }
+        let mut index = Secret32([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's output limit, so expand does not fail; if it
+        // ever did, the error surfaces instead of keys that silently differ.
+        hk.expand(b"bulkhead/data-key/v1", data.as_mut_slice())
+            .map_err(|_| CryptoError::Seal)?;
+        hk.expand(b"bulkhead/index-key/v1", &mut index.0)
+            .map_err(|_| CryptoError::Seal)?;
+        Ok(Self {
+            tenant,
+            data: XChaCha20Poly1305::new(data.as_slice().into()),
+            index,
+        })
     }
 
     pub fn tenant(&self) -> TenantId {
@@ -176,12 +210,20 @@ impl TenantKeys {
     }
 
     /// Encrypts a record's serialized `data`, bound to where it is stored.
-    pub fn seal_record(&self, place: &RecordPlace<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal_record(
+        &self,
+        place: &RecordPlace<'_>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         seal(&self.data, plaintext, &place.aad(self.tenant))
     }
 
     /// Decrypts a record's `data`; fails if the bytes were moved from any other place.
-    pub fn open_record(&self, place: &RecordPlace<'_>, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub fn open_record(
+        &self,
+        place: &RecordPlace<'_>,
+        ciphertext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         open(&self.data, ciphertext, &place.aad(self.tenant))
     }
 
@@ -196,7 +238,12 @@ impl TenantKeys {
 
     /// The blind-index token of `value` for `collection.field`: equal values give equal tokens
     /// within this tenant, collection and field, and nothing comparable anywhere else.
-    pub fn blind_index(&self, collection: &CollectionName, field: &FieldName, term: &IndexTerm) -> [u8; 16] {
+    pub fn blind_index(
+        &self,
+        collection: &CollectionName,
+        field: &FieldName,
+        term: &IndexTerm,
+    ) -> [u8; 16] {
         let full = hmac32(
             &self.index.0,
             &[
@@ -264,11 +311,22 @@ impl IndexTerm {
                     b.extend_from_slice(format!("{u}").as_bytes());
                 } else {
                     let f = n.as_f64()?;
-                    // Integral floats index like the integer they equal.
-                    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    // Integral floats index like the integer they equal: every integral f64
+                    // in the i64/u64 ranges converts exactly.
+                    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+                    const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+                    if f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f) {
                         #[allow(clippy::cast_possible_truncation, reason = "integral and in range")]
                         let i = f as i64;
                         b.extend_from_slice(format!("{i}").as_bytes());
+                    } else if f.fract() == 0.0 && (0.0..TWO_64).contains(&f) {
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            clippy::cast_sign_loss,
+                            reason = "integral, non-negative and in range"
+                        )]
+                        let u = f as u64;
+                        b.extend_from_slice(format!("{u}").as_bytes());
                     } else {
                         b.extend_from_slice(format!("{f:e}").as_bytes());
                     }
@@ -320,7 +378,13 @@ fn seal(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> Result<Vec<
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad })
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .map_err(|_| CryptoError::Seal)?;
     let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
     out.push(FORMAT_V1);
@@ -330,9 +394,11 @@ fn seal(cipher: &XChaCha20Poly1305, plaintext: &[u8], aad: &[u8]) -> Result<Vec<
 }
 
 fn open(cipher: &XChaCha20Poly1305, data: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let (Some(&FORMAT_V1), Some(nonce), Some(ct)) =
-        (data.first(), data.get(1..1 + NONCE_LEN), data.get(1 + NONCE_LEN..))
-    else {
+    let (Some(&FORMAT_V1), Some(nonce), Some(ct)) = (
+        data.first(),
+        data.get(1..1 + NONCE_LEN),
+        data.get(1 + NONCE_LEN..),
+    ) else {
         return Err(CryptoError::Unauthentic);
     };
     if ct.len() < TAG_LEN {
@@ -363,18 +429,43 @@ mod tests {
         let (_, kb) = mk.new_tenant_root(b).unwrap();
         let c = coll("orders");
         let r = RecordId::generate();
-        let place = RecordPlace { collection: &c, record: r, version: 1 };
+        let place = RecordPlace {
+            collection: &c,
+            record: r,
+            version: 1,
+        };
         let ct = ka.seal_record(&place, b"{\"x\":1}").unwrap();
         // Positive twin: the right tenant at the right place reads it.
         assert_eq!(ka.open_record(&place, &ct).unwrap(), b"{\"x\":1}");
         // Another tenant's keys cannot.
         assert_eq!(kb.open_record(&place, &ct), Err(CryptoError::Unauthentic));
         // Nor can the same tenant at another record, version or collection.
-        let other = RecordPlace { record: RecordId::generate(), ..place };
+        let other = RecordPlace {
+            record: RecordId::generate(),
+            ..place
+        };
         assert!(ka.open_record(&other, &ct).is_err());
-        assert!(ka.open_record(&RecordPlace { version: 2, ..place }, &ct).is_err());
+        assert!(
+            ka.open_record(
+                &RecordPlace {
+                    version: 2,
+                    ..place
+                },
+                &ct
+            )
+            .is_err()
+        );
         let c2 = coll("orders2");
-        assert!(ka.open_record(&RecordPlace { collection: &c2, ..place }, &ct).is_err());
+        assert!(
+            ka.open_record(
+                &RecordPlace {
+                    collection: &c2,
+                    ..place
+                },
+                &ct
+            )
+            .is_err()
+        );
         // Truncated or flipped bytes fail.
         assert!(ka.open_record(&place, &ct[..ct.len() - 1]).is_err());
         let mut flipped = ct.clone();
@@ -390,7 +481,11 @@ mod tests {
         let (wrapped, keys) = mk.new_tenant_root(a).unwrap();
         let reopened = mk.open_tenant_root(a, &wrapped).unwrap();
         let c = coll("c");
-        let place = RecordPlace { collection: &c, record: RecordId::generate(), version: 1 };
+        let place = RecordPlace {
+            collection: &c,
+            record: RecordId::generate(),
+            version: 1,
+        };
         let ct = keys.seal_record(&place, b"v").unwrap();
         assert_eq!(reopened.open_record(&place, &ct).unwrap(), b"v");
         assert!(mk.open_tenant_root(TenantId::generate(), &wrapped).is_err());
@@ -406,8 +501,14 @@ mod tests {
         let email = FieldName::parse("email").unwrap();
         let alt = FieldName::parse("alt").unwrap();
         let t = IndexTerm::of(&json!("a@example.com")).unwrap();
-        assert_eq!(ka.blind_index(&c, &email, &t), ka.blind_index(&c, &email, &t));
-        assert_ne!(ka.blind_index(&c, &email, &t), kb.blind_index(&c, &email, &t));
+        assert_eq!(
+            ka.blind_index(&c, &email, &t),
+            ka.blind_index(&c, &email, &t)
+        );
+        assert_ne!(
+            ka.blind_index(&c, &email, &t),
+            kb.blind_index(&c, &email, &t)
+        );
         assert_ne!(ka.blind_index(&c, &email, &t), ka.blind_index(&c, &alt, &t));
     }
 

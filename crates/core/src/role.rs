@@ -7,7 +7,19 @@ use serde::{Deserialize, Serialize};
 
 /// A role a token can carry. Roles are scoped to the token's tenant: `admin` of tenant A is
 /// nothing in tenant B.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything inside its tenant: collections, schemas, records.
@@ -126,7 +138,11 @@ mod tests {
     fn check(roles: &[Role], action: Action, allowed: bool) {
         let set = Roles::from_slice(roles);
         let decision = set.map(|s| s.decide(action));
-        let want = if allowed { Decision::Allow } else { Decision::Deny { action } };
+        let want = if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny { action }
+        };
         assert_eq!(decision, Some(want), "{roles:?} {action:?}");
     }
 

@@ -17,11 +17,15 @@ pub enum SchemaError {
     Invalid(String),
     #[error("schema must describe an object (`\"type\": \"object\"`)")]
     NotObject,
-    #[error("index on `{0}`: the schema must declare `properties.{0}.type` as one of string, integer, number or boolean")]
+    #[error(
+        "index on `{0}`: the schema must declare `properties.{0}.type` as one of string, integer, number or boolean"
+    )]
     IndexNotScalar(String),
     #[error("index on `{0}` is declared twice")]
     DuplicateIndex(String),
-    #[error("`{0}` is not a valid field name to index: use a letter first, then letters, digits or `_`")]
+    #[error(
+        "`{0}` is not a valid field name to index: use a letter first, then letters, digits or `_`"
+    )]
     BadIndexName(String),
     #[error("at most {0} indexes per collection")]
     TooManyIndexes(usize),
@@ -68,7 +72,9 @@ pub struct Violation {
 /// Why a filter was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
-    #[error("`{0}` is not an indexed field of this collection; filters work on indexed fields only")]
+    #[error(
+        "`{0}` is not an indexed field of this collection; filters work on indexed fields only"
+    )]
     NotIndexed(String),
     #[error("filter value for `{field}` is not a valid {kind}")]
     BadValue { field: String, kind: &'static str },
@@ -100,7 +106,9 @@ impl CompiledCollection {
         max_indexes: usize,
         max_schema_bytes: usize,
     ) -> Result<Self, SchemaError> {
-        let size = serde_json::to_vec(&schema).map(|v| v.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&schema)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX);
         if size > max_schema_bytes {
             return Err(SchemaError::TooLarge(max_schema_bytes));
         }
@@ -129,42 +137,72 @@ impl CompiledCollection {
                 .ok_or_else(|| SchemaError::IndexNotScalar(f.clone()))?;
             indexes.push(IndexSpec { field, kind });
         }
-        Ok(Self { name, schema, indexes, validator })
+        Ok(Self {
+            name,
+            schema,
+            indexes,
+            validator,
+        })
     }
 
     /// Validates a record's `data`, returning up to `max` violations.
     pub fn validate(&self, data: &Value, max: usize) -> Result<(), Vec<Violation>> {
         if !data.is_object() {
-            return Err(vec![Violation { path: String::new(), message: "record data must be a JSON object".into() }]);
+            return Err(vec![Violation {
+                path: String::new(),
+                message: "record data must be a JSON object".into(),
+            }]);
         }
         let errors: Vec<Violation> = self
             .validator
             .iter_errors(data)
             .take(max)
-            .map(|e| Violation { path: e.instance_path().to_string(), message: e.masked().to_string() })
+            .map(|e| Violation {
+                path: e.instance_path().to_string(),
+                message: e.masked().to_string(),
+            })
             .collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// The blind-index terms of a record: one per indexed field that holds a scalar.
     pub fn index_terms(&self, data: &Value) -> Vec<(&FieldName, IndexTerm)> {
         self.indexes
             .iter()
-            .filter_map(|i| data.get(i.field.as_str()).and_then(IndexTerm::of).map(|t| (&i.field, t)))
+            .filter_map(|i| {
+                data.get(i.field.as_str())
+                    .and_then(IndexTerm::of)
+                    .map(|t| (&i.field, t))
+            })
             .collect()
     }
 
     /// Parses a `where.<field>=<raw>` filter into the term to look up.
-    pub fn filter_term(&self, field: &str, raw: &str) -> Result<(&FieldName, IndexTerm), FilterError> {
+    pub fn filter_term(
+        &self,
+        field: &str,
+        raw: &str,
+    ) -> Result<(&FieldName, IndexTerm), FilterError> {
         let spec = self
             .indexes
             .iter()
             .find(|i| i.field.as_str() == field)
             .ok_or_else(|| FilterError::NotIndexed(field.chars().take(64).collect()))?;
-        let bad = |kind| FilterError::BadValue { field: field.to_owned(), kind };
+        let bad = |kind| FilterError::BadValue {
+            field: field.to_owned(),
+            kind,
+        };
         let value = match spec.kind {
             IndexKind::String => Value::String(raw.to_owned()),
-            IndexKind::Integer => raw.parse::<i64>().map(Value::from).map_err(|_| bad("integer"))?,
+            IndexKind::Integer => raw
+                .parse::<i64>()
+                .map(Value::from)
+                .or_else(|_| raw.parse::<u64>().map(Value::from))
+                .map_err(|_| bad("integer"))?,
             IndexKind::Number => {
                 let n: serde_json::Number = raw.parse().map_err(|_| bad("number"))?;
                 Value::Number(n)
@@ -210,11 +248,16 @@ mod tests {
     fn validates_with_paths_and_no_values() {
         let c = users();
         assert!(c.validate(&json!({"email": "a@b.example"}), 10).is_ok());
-        let errs = c.validate(&json!({"email": "secret-value", "age": -4}), 10).unwrap_err();
+        let errs = c
+            .validate(&json!({"email": "secret-value", "age": -4}), 10)
+            .unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"/age"), "{errs:?}");
         assert!(paths.contains(&"/email"), "{errs:?}");
-        assert!(errs.iter().all(|e| !e.message.contains("secret-value")), "{errs:?}");
+        assert!(
+            errs.iter().all(|e| !e.message.contains("secret-value")),
+            "{errs:?}"
+        );
         assert!(c.validate(&json!([1]), 10).is_err());
     }
 
@@ -225,30 +268,61 @@ mod tests {
             let idx: Vec<String> = i.iter().map(|s| s.to_string()).collect();
             CompiledCollection::compile(n.clone(), s, &idx, 4, 1024)
         };
-        assert_eq!(compile(json!({"type": "array"}), &[]).unwrap_err(), SchemaError::NotObject);
+        assert_eq!(
+            compile(json!({"type": "array"}), &[]).unwrap_err(),
+            SchemaError::NotObject
+        );
         assert!(matches!(
-            compile(json!({"type": "object", "properties": {"a": {"type": 5}}}), &[]),
+            compile(
+                json!({"type": "object", "properties": {"a": {"type": 5}}}),
+                &[]
+            ),
             Err(SchemaError::Invalid(_))
         ));
         assert!(matches!(
-            compile(json!({"type": "object", "$ref": "http://127.0.0.1:1/x.json"}), &[]),
+            compile(
+                json!({"type": "object", "$ref": "http://127.0.0.1:1/x.json"}),
+                &[]
+            ),
             Err(SchemaError::Invalid(_))
         ));
         assert_eq!(
-            compile(json!({"type": "object", "properties": {"a": {"type": "object"}}}), &["a"]).unwrap_err(),
+            compile(
+                json!({"type": "object", "properties": {"a": {"type": "object"}}}),
+                &["a"]
+            )
+            .unwrap_err(),
             SchemaError::IndexNotScalar("a".into())
         );
-        assert_eq!(compile(json!({"type": "object"}), &["nope"]).unwrap_err(), SchemaError::IndexNotScalar("nope".into()));
-        assert!(matches!(compile(json!({"type": "object", "description": "x".repeat(2000)}), &[]), Err(SchemaError::TooLarge(_))));
+        assert_eq!(
+            compile(json!({"type": "object"}), &["nope"]).unwrap_err(),
+            SchemaError::IndexNotScalar("nope".into())
+        );
+        assert!(matches!(
+            compile(
+                json!({"type": "object", "description": "x".repeat(2000)}),
+                &[]
+            ),
+            Err(SchemaError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn filters_parse_by_declared_type() {
         let c = users();
-        assert_eq!(c.filter_term("age", "42").unwrap().1, IndexTerm::of(&json!(42)).unwrap());
+        assert_eq!(
+            c.filter_term("age", "42").unwrap().1,
+            IndexTerm::of(&json!(42)).unwrap()
+        );
         assert!(c.filter_term("age", "x").is_err());
-        assert_eq!(c.filter_term("vip", "true").unwrap().1, IndexTerm::of(&json!(true)).unwrap());
-        assert_eq!(c.filter_term("tags", "a").unwrap_err(), FilterError::NotIndexed("tags".into()));
+        assert_eq!(
+            c.filter_term("vip", "true").unwrap().1,
+            IndexTerm::of(&json!(true)).unwrap()
+        );
+        assert_eq!(
+            c.filter_term("tags", "a").unwrap_err(),
+            FilterError::NotIndexed("tags".into())
+        );
         let terms = c.index_terms(&json!({"email": "a@b.example", "age": 3, "tags": []}));
         assert_eq!(terms.len(), 2);
     }

@@ -169,8 +169,12 @@ impl PublicKey {
 
     fn decoding_key(&self) -> Result<DecodingKey, TokenError> {
         match self.alg {
-            SigningAlg::EdDSA if self.bytes.len() == 32 => Ok(DecodingKey::from_ed_der(&self.bytes)),
-            SigningAlg::ES256 if self.bytes.len() == 65 => Ok(DecodingKey::from_ec_der(&self.bytes)),
+            SigningAlg::EdDSA if self.bytes.len() == 32 => {
+                Ok(DecodingKey::from_ed_der(&self.bytes))
+            }
+            SigningAlg::ES256 if self.bytes.len() == 65 => {
+                Ok(DecodingKey::from_ec_der(&self.bytes))
+            }
             _ => Err(TokenError::UnknownKey),
         }
     }
@@ -185,7 +189,9 @@ pub struct SigningKeyPair {
 
 impl std::fmt::Debug for SigningKeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKeyPair").field("public", &self.public).finish_non_exhaustive()
+        f.debug_struct("SigningKeyPair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
     }
 }
 
@@ -208,19 +214,37 @@ impl SigningKeyPair {
     }
 
     /// Rebuilds a key pair from its PKCS#8 DER private key (as unwrapped from storage).
-    pub fn from_pkcs8(tenant: TenantId, kid: KeyId, alg: SigningAlg, der: &[u8]) -> Result<Self, KeyError> {
+    pub fn from_pkcs8(
+        tenant: TenantId,
+        kid: KeyId,
+        alg: SigningAlg,
+        der: &[u8],
+    ) -> Result<Self, KeyError> {
         let bytes = match alg {
             SigningAlg::EdDSA => {
-                let sk = ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(|_| KeyError::Invalid)?;
+                let sk = ed25519_dalek::SigningKey::from_pkcs8_der(der)
+                    .map_err(|_| KeyError::Invalid)?;
                 sk.verifying_key().to_bytes().to_vec()
             }
             SigningAlg::ES256 => {
                 use p256::pkcs8::DecodePrivateKey as _;
-                let sk = p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(|_| KeyError::Invalid)?;
-                sk.verifying_key().to_encoded_point(false).as_bytes().to_vec()
+                let sk =
+                    p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(|_| KeyError::Invalid)?;
+                sk.verifying_key()
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec()
             }
         };
-        Ok(Self { public: PublicKey { tenant, kid, alg, bytes }, pkcs8: Zeroizing::new(der.to_vec()) })
+        Ok(Self {
+            public: PublicKey {
+                tenant,
+                kid,
+                alg,
+                bytes,
+            },
+            pkcs8: Zeroizing::new(der.to_vec()),
+        })
     }
 
     pub fn public(&self) -> &PublicKey {
@@ -301,7 +325,12 @@ impl Verifier {
     }
 
     /// Mints a token for `key`'s tenant. Returns the token and its expiry.
-    pub fn mint(&self, key: &SigningKeyPair, req: &MintRequest, now: Timestamp) -> Result<(String, Timestamp), KeyError> {
+    pub fn mint(
+        &self,
+        key: &SigningKeyPair,
+        req: &MintRequest,
+        now: Timestamp,
+    ) -> Result<(String, Timestamp), KeyError> {
         let ttl = req.ttl_secs.clamp(1, self.settings.max_ttl_secs);
         let iat = now.unix_timestamp();
         let exp = iat.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
@@ -319,7 +348,7 @@ impl Verifier {
             exp,
             jti: URL_SAFE_NO_PAD.encode(jti),
         };
-        let token = key.sign(&claims)?;
+        let token = low_s(key.public.alg, key.sign(&claims)?)?;
         let expires = Timestamp::from_unix_timestamp(exp).map_err(|_| KeyError::Sign)?;
         Ok((token, expires))
     }
@@ -330,7 +359,9 @@ impl Verifier {
             return Err(TokenError::Oversized);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(TokenError::Malformed);
         };
         if s.is_empty() {
@@ -343,23 +374,39 @@ impl Verifier {
         // Any member beyond alg/kid/typ (crit, jku, x5u, jwk, x5c, cty…) is refused outright.
         let members: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
-        if members.keys().any(|k| !matches!(k.as_str(), "alg" | "kid" | "typ")) {
+        if members
+            .keys()
+            .any(|k| !matches!(k.as_str(), "alg" | "kid" | "typ"))
+        {
             return Err(TokenError::ForbiddenHeader);
         }
-        let header: StrictHeader = serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
+        let header: StrictHeader =
+            serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed)?;
         let alg = SigningAlg::parse(&header.alg).ok_or(TokenError::UnsupportedAlgorithm)?;
         if header.typ.as_deref().is_some_and(|t| t != "JWT") {
             return Err(TokenError::Malformed);
         }
         let kid = KeyId::parse(&header.kid).map_err(|_| TokenError::UnknownKey)?;
-        let claims: Claims = serde_json::from_slice(&payload_bytes).map_err(|_| TokenError::BadClaims)?;
+        let claims: Claims =
+            serde_json::from_slice(&payload_bytes).map_err(|_| TokenError::BadClaims)?;
         let tenant = TenantId::parse(&claims.tid).map_err(|_| TokenError::BadClaims)?;
-        Ok(Unverified { tenant, kid, alg, claims })
+        Ok(Unverified {
+            tenant,
+            kid,
+            alg,
+            claims,
+        })
     }
 
     /// Step 2: verifies the token with `key`, which the caller looked up by the claimed tenant
     /// and key id. Creates the tenant context only if every check passes.
-    pub fn verify(&self, token: &str, claimed: Unverified, key: &PublicKey, now: Timestamp) -> Result<TenantContext, TokenError> {
+    pub fn verify(
+        &self,
+        token: &str,
+        claimed: Unverified,
+        key: &PublicKey,
+        now: Timestamp,
+    ) -> Result<TenantContext, TokenError> {
         // INVARIANT: the key must belong to the tenant the token names. A token that says
         // tenant A but was signed with B's key fails here even if the signature is valid.
         if key.tenant != claimed.tenant || key.kid != claimed.kid {
@@ -377,6 +424,11 @@ impl Verifier {
         validation.required_spec_claims = HashSet::new();
         validation.set_audience(&[&self.settings.audience]);
         validation.set_issuer(&[&issuer]);
+        if key.alg == SigningAlg::ES256 && !is_low_s(token)? {
+            // `(r, n - s)` is as valid as `(r, s)`: accepting both would give every token a
+            // second spelling anyone can compute. Bulkhead mints low-S only and accepts only that.
+            return Err(TokenError::BadSignature);
+        }
         let decoding = key.decoding_key()?;
         let data = jsonwebtoken::decode::<Claims>(token, &decoding, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
@@ -415,15 +467,53 @@ impl Verifier {
         if c.jti.is_empty() || c.jti.len() > 64 {
             return Err(TokenError::BadClaims);
         }
-        let expires_at = Timestamp::from_unix_timestamp(c.exp).map_err(|_| TokenError::BadClaims)?;
-        Ok(TenantContext::new(claimed.tenant, subject, roles, claimed.kid, c.jti, expires_at))
+        let expires_at =
+            Timestamp::from_unix_timestamp(c.exp).map_err(|_| TokenError::BadClaims)?;
+        Ok(TenantContext::new(
+            claimed.tenant,
+            subject,
+            roles,
+            claimed.kid,
+            c.jti,
+            expires_at,
+        ))
     }
+}
+
+/// Rewrites an ES256 token's signature to its low-S form (a no-op for other algorithms).
+fn low_s(alg: SigningAlg, token: String) -> Result<String, KeyError> {
+    if alg != SigningAlg::ES256 {
+        return Ok(token);
+    }
+    let (head, sig) = token.rsplit_once('.').ok_or(KeyError::Sign)?;
+    let raw = URL_SAFE_NO_PAD.decode(sig).map_err(|_| KeyError::Sign)?;
+    let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|_| KeyError::Sign)?;
+    match sig.normalize_s() {
+        Some(low) => Ok(format!("{head}.{}", URL_SAFE_NO_PAD.encode(low.to_bytes()))),
+        None => Ok(token),
+    }
+}
+
+/// Whether an ES256 token's signature is in low-S form. A signature that is not 64 bytes of
+/// `r || s` is refused here too.
+fn is_low_s(token: &str) -> Result<bool, TokenError> {
+    let sig = token
+        .rsplit_once('.')
+        .map(|(_, s)| s)
+        .ok_or(TokenError::Malformed)?;
+    let raw = strict_b64(sig)?;
+    let sig = p256::ecdsa::Signature::from_slice(&raw).map_err(|_| TokenError::BadSignature)?;
+    Ok(sig.normalize_s().is_none())
 }
 
 /// Decodes unpadded base64url and nothing else: no padding, no standard-alphabet characters,
 /// no whitespace, no non-canonical trailing bits (RFC 7515 §2).
 fn strict_b64(s: &str) -> Result<Vec<u8>, TokenError> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(TokenError::Malformed);
     }
     URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)
@@ -458,7 +548,12 @@ mod tests {
     }
 
     /// Runs both verification steps with `key` as the looked-up key.
-    fn check(v: &Verifier, token: &str, key: &PublicKey, at: Timestamp) -> Result<TenantContext, TokenError> {
+    fn check(
+        v: &Verifier,
+        token: &str,
+        key: &PublicKey,
+        at: Timestamp,
+    ) -> Result<TenantContext, TokenError> {
         let claimed = v.inspect(token)?;
         v.verify(token, claimed, key, at)
     }
@@ -475,7 +570,8 @@ mod tests {
             assert_eq!(ctx.subject().as_str(), "alice");
             assert_eq!(exp, now() + Duration::seconds(600));
             // The restored key pair verifies the same way.
-            let back = SigningKeyPair::from_pkcs8(t, kp.public().kid.clone(), alg, kp.pkcs8_der()).unwrap();
+            let back = SigningKeyPair::from_pkcs8(t, kp.public().kid.clone(), alg, kp.pkcs8_der())
+                .unwrap();
             assert_eq!(back.public(), kp.public());
         }
     }
@@ -501,14 +597,27 @@ mod tests {
         };
         let forged = kb.sign(&claims).unwrap();
         // Looked up as A's key (what a server does): kid mismatch, refused.
-        assert_eq!(check(&v, &forged, ka.public(), now()).unwrap_err(), TokenError::UnknownKey);
+        assert_eq!(
+            check(&v, &forged, ka.public(), now()).unwrap_err(),
+            TokenError::UnknownKey
+        );
         // Even if a lookup bug handed over B's key, the key's owner is B, not A: refused.
-        assert_eq!(check(&v, &forged, kb.public(), now()).unwrap_err(), TokenError::UnknownKey);
+        assert_eq!(
+            check(&v, &forged, kb.public(), now()).unwrap_err(),
+            TokenError::UnknownKey
+        );
         // A key claiming A's kid but carrying B's bytes fails on the signature.
-        let lying = PublicKey { tenant: a, kid: kb.public().kid.clone(), ..kb.public().clone() };
+        let lying = PublicKey {
+            tenant: a,
+            kid: kb.public().kid.clone(),
+            ..kb.public().clone()
+        };
         let mut other = lying.clone();
         other.bytes = ka.public().bytes.clone();
-        assert_eq!(check(&v, &forged, &other, now()).unwrap_err(), TokenError::BadSignature);
+        assert_eq!(
+            check(&v, &forged, &other, now()).unwrap_err(),
+            TokenError::BadSignature
+        );
         // Positive twin: A's own key signing A's claims verifies.
         let good = ka.sign(&Claims { ..claims }).unwrap();
         assert!(check(&v, &good, ka.public(), now()).is_ok());
@@ -525,19 +634,50 @@ mod tests {
         let kp = SigningKeyPair::generate(t, SigningAlg::EdDSA).unwrap();
         let (tok, _) = v.mint(&kp, &req(), now()).unwrap();
         let mut parts = tok.split('.');
-        let (_, payload, sig) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let (_, payload, sig) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
         let kid = kp.public().kid.as_str();
         let cases = [
-            (serde_json::json!({"alg": "none", "kid": kid}), TokenError::UnsupportedAlgorithm),
-            (serde_json::json!({"alg": "HS256", "kid": kid}), TokenError::UnsupportedAlgorithm),
-            (serde_json::json!({"alg": "RS256", "kid": kid}), TokenError::UnsupportedAlgorithm),
-            (serde_json::json!({"alg": "EdDSA", "kid": kid, "crit": ["exp"]}), TokenError::ForbiddenHeader),
-            (serde_json::json!({"alg": "EdDSA", "kid": kid, "jku": "http://127.0.0.1/k"}), TokenError::ForbiddenHeader),
-            (serde_json::json!({"alg": "EdDSA", "kid": kid, "x5u": "http://127.0.0.1/c"}), TokenError::ForbiddenHeader),
-            (serde_json::json!({"alg": "EdDSA", "kid": kid, "jwk": kp.public().to_jwk()}), TokenError::ForbiddenHeader),
-            (serde_json::json!({"alg": "EdDSA", "kid": kid, "x5c": ["AA"]}), TokenError::ForbiddenHeader),
+            (
+                serde_json::json!({"alg": "none", "kid": kid}),
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (
+                serde_json::json!({"alg": "HS256", "kid": kid}),
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (
+                serde_json::json!({"alg": "RS256", "kid": kid}),
+                TokenError::UnsupportedAlgorithm,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": kid, "crit": ["exp"]}),
+                TokenError::ForbiddenHeader,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": kid, "jku": "http://127.0.0.1/k"}),
+                TokenError::ForbiddenHeader,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": kid, "x5u": "http://127.0.0.1/c"}),
+                TokenError::ForbiddenHeader,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": kid, "jwk": kp.public().to_jwk()}),
+                TokenError::ForbiddenHeader,
+            ),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": kid, "x5c": ["AA"]}),
+                TokenError::ForbiddenHeader,
+            ),
             (serde_json::json!({"alg": "EdDSA"}), TokenError::Malformed),
-            (serde_json::json!({"alg": "EdDSA", "kid": "../../etc"}), TokenError::UnknownKey),
+            (
+                serde_json::json!({"alg": "EdDSA", "kid": "../../etc"}),
+                TokenError::UnknownKey,
+            ),
         ];
         for (h, want) in cases {
             let t2 = format!("{}.{payload}.{sig}", b64(&h));
@@ -545,12 +685,18 @@ mod tests {
         }
         // HS256 "signed" with the public key bytes as an HMAC secret.
         let hs = jsonwebtoken::encode(
-            &Header { kid: Some(kid.into()), ..Header::new(Algorithm::HS256) },
+            &Header {
+                kid: Some(kid.into()),
+                ..Header::new(Algorithm::HS256)
+            },
             &v.inspect(&tok).unwrap().claims,
             &EncodingKey::from_secret(&kp.public().bytes),
         )
         .unwrap();
-        assert_eq!(check(&v, &hs, kp.public(), now()).unwrap_err(), TokenError::UnsupportedAlgorithm);
+        assert_eq!(
+            check(&v, &hs, kp.public(), now()).unwrap_err(),
+            TokenError::UnsupportedAlgorithm
+        );
     }
 
     #[test]
@@ -578,15 +724,24 @@ mod tests {
                 continue;
             }
             let err = check(&v, &bad, kp.public(), now()).unwrap_err();
-            assert!(matches!(err, TokenError::Malformed | TokenError::BadSignature), "{bad}: {err:?}");
+            assert!(
+                matches!(err, TokenError::Malformed | TokenError::BadSignature),
+                "{bad}: {err:?}"
+            );
         }
         let big = format!("{hp}.{}", "A".repeat(9000));
-        assert_eq!(check(&v, &big, kp.public(), now()).unwrap_err(), TokenError::Oversized);
+        assert_eq!(
+            check(&v, &big, kp.public(), now()).unwrap_err(),
+            TokenError::Oversized
+        );
         // A flipped signature bit.
         let mut sig_bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
         sig_bytes[0] ^= 1;
         let flipped = format!("{hp}.{}", URL_SAFE_NO_PAD.encode(sig_bytes));
-        assert_eq!(check(&v, &flipped, kp.public(), now()).unwrap_err(), TokenError::BadSignature);
+        assert_eq!(
+            check(&v, &flipped, kp.public(), now()).unwrap_err(),
+            TokenError::BadSignature
+        );
     }
 
     #[test]
@@ -596,14 +751,20 @@ mod tests {
         let kp = SigningKeyPair::generate(t, SigningAlg::EdDSA).unwrap();
         let (tok, exp) = v.mint(&kp, &req(), now()).unwrap();
         assert!(check(&v, &tok, kp.public(), exp + Duration::seconds(29)).is_ok());
-        assert_eq!(check(&v, &tok, kp.public(), exp + Duration::seconds(30)).unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            check(&v, &tok, kp.public(), exp + Duration::seconds(30)).unwrap_err(),
+            TokenError::Expired
+        );
         assert!(check(&v, &tok, kp.public(), now() - Duration::seconds(30)).is_ok());
         assert_eq!(
             check(&v, &tok, kp.public(), now() - Duration::seconds(31)).unwrap_err(),
             TokenError::NotYetValid
         );
         // Configured leeway above 60 s is capped.
-        let lax = Verifier::new(TokenSettings { leeway_secs: 3600, ..settings() });
+        let lax = Verifier::new(TokenSettings {
+            leeway_secs: 3600,
+            ..settings()
+        });
         assert_eq!(lax.settings().leeway_secs, 60);
     }
 
@@ -611,13 +772,25 @@ mod tests {
     fn wrong_audience_or_issuer() {
         let t = TenantId::generate();
         let kp = SigningKeyPair::generate(t, SigningAlg::EdDSA).unwrap();
-        let minted_elsewhere = Verifier::new(TokenSettings { audience: "other".into(), ..settings() });
+        let minted_elsewhere = Verifier::new(TokenSettings {
+            audience: "other".into(),
+            ..settings()
+        });
         let (tok, _) = minted_elsewhere.mint(&kp, &req(), now()).unwrap();
         let v = Verifier::new(settings());
-        assert_eq!(check(&v, &tok, kp.public(), now()).unwrap_err(), TokenError::WrongAudience);
-        let other_iss = Verifier::new(TokenSettings { issuer: "https://evil".into(), ..settings() });
+        assert_eq!(
+            check(&v, &tok, kp.public(), now()).unwrap_err(),
+            TokenError::WrongAudience
+        );
+        let other_iss = Verifier::new(TokenSettings {
+            issuer: "https://evil".into(),
+            ..settings()
+        });
         let (tok, _) = other_iss.mint(&kp, &req(), now()).unwrap();
-        assert_eq!(check(&v, &tok, kp.public(), now()).unwrap_err(), TokenError::WrongIssuer);
+        assert_eq!(
+            check(&v, &tok, kp.public(), now()).unwrap_err(),
+            TokenError::WrongIssuer
+        );
     }
 
     #[test]
@@ -629,9 +802,13 @@ mod tests {
         let mut parts = tok.split('.');
         let h = parts.next().unwrap();
         let mut claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap()).unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap())
+                .unwrap();
         claims["admin"] = serde_json::json!(true);
         let forged = format!("{h}.{}.{}", b64(&claims), parts.next().unwrap());
-        assert_eq!(check(&v, &forged, kp.public(), now()).unwrap_err(), TokenError::BadClaims);
+        assert_eq!(
+            check(&v, &forged, kp.public(), now()).unwrap_err(),
+            TokenError::BadClaims
+        );
     }
 }

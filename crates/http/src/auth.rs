@@ -53,8 +53,18 @@ impl Authenticator {
         Self::with_clock(store, verifier, capacity, Arc::new(Timestamp::now_utc))
     }
 
-    pub fn with_clock(store: Arc<Store>, verifier: Verifier, capacity: usize, clock: Clock) -> Self {
-        Self { store, verifier, clock, verified: quick_cache::sync::Cache::new(capacity.max(16)) }
+    pub fn with_clock(
+        store: Arc<Store>,
+        verifier: Verifier,
+        capacity: usize,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            store,
+            verifier,
+            clock,
+            verified: quick_cache::sync::Cache::new(capacity.max(16)),
+        }
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -78,7 +88,10 @@ impl Authenticator {
         }
     }
 
-    async fn check(&self, token: &str) -> Result<Arc<TenantContext>, Result<AuthFailure, bulkhead_store::StoreError>> {
+    async fn check(
+        &self,
+        token: &str,
+    ) -> Result<Arc<TenantContext>, Result<AuthFailure, bulkhead_store::StoreError>> {
         let settings = self.verifier.settings();
         if token.len() > settings.max_token_bytes {
             return Err(Ok(AuthFailure::Token(TokenError::Oversized)));
@@ -88,7 +101,12 @@ impl Authenticator {
         let cached = self.verified.get(&digest);
         let tenant = match &cached {
             Some(ctx) => ctx.tenant(),
-            None => self.verifier.inspect(token).map_err(|e| Ok(AuthFailure::Token(e)))?.tenant,
+            None => {
+                self.verifier
+                    .inspect(token)
+                    .map_err(|e| Ok(AuthFailure::Token(e)))?
+                    .tenant
+            }
         };
         // Unknown and deleted tenants have no keys: the token's key is unknown.
         let state = self.store.tenant_state(tenant).await.map_err(Err)?;
@@ -97,7 +115,8 @@ impl Authenticator {
         };
         let ctx = match cached {
             Some(ctx) => {
-                let leeway = time::Duration::seconds(i64::try_from(settings.leeway_secs).unwrap_or(0));
+                let leeway =
+                    time::Duration::seconds(i64::try_from(settings.leeway_secs).unwrap_or(0));
                 if now >= ctx.expires_at() + leeway {
                     self.verified.remove(&digest);
                     return Err(Ok(AuthFailure::Token(TokenError::Expired)));
@@ -110,9 +129,18 @@ impl Authenticator {
                 ctx
             }
             None => {
-                let claimed = self.verifier.inspect(token).map_err(|e| Ok(AuthFailure::Token(e)))?;
-                let key = state.key(&claimed.kid).ok_or(Ok(AuthFailure::Token(TokenError::UnknownKey)))?;
-                let ctx = Arc::new(self.verifier.verify(token, claimed, key, now).map_err(|e| Ok(AuthFailure::Token(e)))?);
+                let claimed = self
+                    .verifier
+                    .inspect(token)
+                    .map_err(|e| Ok(AuthFailure::Token(e)))?;
+                let key = state
+                    .key(&claimed.kid)
+                    .ok_or(Ok(AuthFailure::Token(TokenError::UnknownKey)))?;
+                let ctx = Arc::new(
+                    self.verifier
+                        .verify(token, claimed, key, now)
+                        .map_err(|e| Ok(AuthFailure::Token(e)))?,
+                );
                 self.verified.insert(digest, ctx.clone());
                 ctx
             }
@@ -125,8 +153,13 @@ impl Authenticator {
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts.headers.get(AUTHORIZATION).ok_or(ApiError::Unauthenticated)?;
-    let value = value.to_str().map_err(|_| ApiError::InvalidToken(TokenError::Malformed))?;
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or(ApiError::Unauthenticated)?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken(TokenError::Malformed))?;
     let (scheme, token) = value.split_once(' ').ok_or(ApiError::Unauthenticated)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::Unauthenticated);
@@ -162,9 +195,14 @@ impl FromRequestParts<AppState> for Caller {
         // Every X-Tenant-Id header present must name the token's tenant.
         let expected = ctx.tenant().to_string();
         for v in parts.headers.get_all(TENANT_HEADER) {
-            let agrees = v.to_str().is_ok_and(|s| s.trim().eq_ignore_ascii_case(&expected));
+            let agrees = v
+                .to_str()
+                .is_ok_and(|s| s.trim().eq_ignore_ascii_case(&expected));
             if !agrees {
-                tracing::warn!(security = true, "x-tenant-id disagrees with the token's tenant");
+                tracing::warn!(
+                    security = true,
+                    "x-tenant-id disagrees with the token's tenant"
+                );
                 return Err(ApiError::TenantMismatch);
             }
         }

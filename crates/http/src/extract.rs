@@ -2,9 +2,9 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::problem::ApiError;
@@ -18,15 +18,25 @@ pub struct JsonBody<T> {
 }
 
 fn is_json(ct: &str) -> bool {
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let ct = req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let ct = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if !is_json(ct) {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -47,10 +57,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 pub fn parse_json<T: DeserializeOwned>(raw: &[u8], max_depth: usize) -> Result<T, ApiError> {
     serde_json::from_slice(raw).map_err(|e| {
         if e.to_string().starts_with("recursion limit exceeded") {
-            return ApiError::TooDeep(format!("the request body nests deeper than {max_depth} levels"));
+            return ApiError::TooDeep(format!(
+                "the request body nests too deeply (records may nest at most {max_depth} levels)"
+            ));
         }
         match e.classify() {
-            serde_json::error::Category::Data => ApiError::BadRequest(format!("invalid request body: {e}")),
+            serde_json::error::Category::Data => {
+                ApiError::BadRequest(format!("invalid request body: {e}"))
+            }
             _ => ApiError::BadRequest(format!("the request body is not valid JSON: {e}")),
         }
     })
@@ -90,6 +104,8 @@ impl FromRequestParts<AppState> for QueryPairs {
 pub fn parse_limit(raw: &str, max: usize) -> Result<usize, ApiError> {
     match raw.parse::<usize>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ => Err(ApiError::BadRequest(format!("`limit` must be a whole number from 1 to {max}"))),
+        _ => Err(ApiError::BadRequest(format!(
+            "`limit` must be a whole number from 1 to {max}"
+        ))),
     }
 }

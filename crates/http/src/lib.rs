@@ -55,10 +55,19 @@ impl utoipa::Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         let bearer = |desc: &str| {
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(desc)).build())
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(desc))
+                    .build(),
+            )
         };
-        components.add_security_scheme("operator_token", bearer("The admin token (operator plane)"));
-        components.add_security_scheme("tenant_token", bearer("A tenant token minted by `POST /v1/tenants/{id}/tokens`"));
+        components
+            .add_security_scheme("operator_token", bearer("The admin token (operator plane)"));
+        components.add_security_scheme(
+            "tenant_token",
+            bearer("A tenant token minted by `POST /v1/tenants/{id}/tokens`"),
+        );
     }
 }
 
@@ -81,6 +90,7 @@ pub fn app(state: AppState) -> Router {
     let (router, spec) = routes();
     let spec = Arc::new(spec.to_json().unwrap_or_else(|_| "{}".into()));
     let body_limit = state.store.config().limits.max_body_bytes;
+    let timeout = state.config.request_timeout;
     let request_id = HeaderName::from_static("x-request-id");
     router
         .route(
@@ -91,8 +101,17 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::NotFound("no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::BadRequest("method not allowed on this route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        .layer(axum::middleware::from_fn(move |req: Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(timeout, next.run(req)).await {
+                Ok(resp) => resp,
+                Err(_) => {
+                    tracing::warn!("request timed out");
+                    ApiError::Timeout(timeout.as_secs()).into_response()
+                }
+            }
+        }))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a handler panicked");
@@ -107,7 +126,10 @@ pub fn app(state: AppState) -> Router {
                 })
                 .on_request(())
                 .on_response(|resp: &Response, latency: Duration, _span: &tracing::Span| {
-                    tracing::info!(status = resp.status().as_u16(), latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), "response");
+                    // The access log: one line per request, off at the default `info` level
+                    // (it costs more than the request itself on a fast path); enable with
+                    // `log_level = "info,bulkhead::access=debug"`.
+                    tracing::debug!(target: "bulkhead::access", status = resp.status().as_u16(), latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), "response");
                 })
                 .on_failure(()),
         )
@@ -122,5 +144,7 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -54,6 +54,10 @@ pub enum ApiError {
     IdempotencyConflict,
     #[error("the service is temporarily unavailable; retry shortly")]
     Unavailable,
+    #[error("the request took longer than {0} seconds and was abandoned")]
+    Timeout(u64),
+    #[error("this method is not allowed on this route")]
+    MethodNotAllowed,
     #[error("internal error")]
     Internal,
 }
@@ -76,26 +80,92 @@ impl ApiError {
     fn meta(&self) -> (StatusCode, &'static str, &'static str) {
         use ApiError::*;
         match self {
-            Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required"),
+            Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            ),
             InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid-token", "Invalid token"),
-            BadOperatorToken => (StatusCode::UNAUTHORIZED, "invalid-operator-token", "Invalid operator token"),
-            TenantNotActive(_) => (StatusCode::FORBIDDEN, "tenant-not-active", "Tenant is not active"),
+            BadOperatorToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-operator-token",
+                "Invalid operator token",
+            ),
+            TenantNotActive(_) => (
+                StatusCode::FORBIDDEN,
+                "tenant-not-active",
+                "Tenant is not active",
+            ),
             TenantMismatch => (StatusCode::FORBIDDEN, "tenant-mismatch", "Tenant mismatch"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
-            BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Request body too large"),
-            RecordTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "record-too-large", "Record too large"),
-            TooDeep(_) => (StatusCode::UNPROCESSABLE_ENTITY, "json-too-deep", "JSON nested too deeply"),
-            Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Validation failed"),
-            Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-definition", "Invalid definition"),
-            PreconditionRequired => (StatusCode::PRECONDITION_REQUIRED, "precondition-required", "Precondition required"),
-            PreconditionFailed(_) => (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed"),
+            UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            BodyTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+            ),
+            RecordTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "record-too-large",
+                "Record too large",
+            ),
+            TooDeep(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "json-too-deep",
+                "JSON nested too deeply",
+            ),
+            Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                "Validation failed",
+            ),
+            Unprocessable(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-definition",
+                "Invalid definition",
+            ),
+            PreconditionRequired => (
+                StatusCode::PRECONDITION_REQUIRED,
+                "precondition-required",
+                "Precondition required",
+            ),
+            PreconditionFailed(_) => (
+                StatusCode::PRECONDITION_FAILED,
+                "precondition-failed",
+                "Precondition failed",
+            ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
-            IdempotencyConflict => (StatusCode::CONFLICT, "idempotency-key-reused", "Idempotency key reused"),
-            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
-            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            IdempotencyConflict => (
+                StatusCode::CONFLICT,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+            ),
+            Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 }
@@ -125,9 +195,12 @@ impl IntoResponse for ApiError {
                 h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::InvalidToken(_) => {
-                h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
-            ApiError::Unavailable => {
+            ApiError::Unavailable | ApiError::Timeout(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
@@ -147,8 +220,12 @@ impl From<StoreError> for ApiError {
             StoreError::Filter(f) => ApiError::BadRequest(f.to_string()),
             e @ StoreError::RecordTooLarge { .. } => ApiError::RecordTooLarge(e.to_string()),
             e @ StoreError::TooDeep { .. } => ApiError::TooDeep(e.to_string()),
-            StoreError::BadCursor => ApiError::BadRequest("`cursor` is not a cursor this API returned".into()),
-            StoreError::NameTaken(n) => ApiError::Conflict(format!("a tenant named `{n}` already exists")),
+            StoreError::BadCursor => {
+                ApiError::BadRequest("`cursor` is not a cursor this API returned".into())
+            }
+            StoreError::NameTaken(n) => {
+                ApiError::Conflict(format!("a tenant named `{n}` already exists"))
+            }
             StoreError::TenantNotActive(s) => ApiError::TenantNotActive(s.as_str()),
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "storage unavailable");

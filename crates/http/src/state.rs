@@ -18,21 +18,31 @@ pub struct HttpConfig {
     pub default_token_ttl_secs: u64,
     /// Most tokens kept in the verified-token cache.
     pub token_cache_capacity: usize,
+    /// A request still running after this long is abandoned with 503.
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            tiers: ["free", "standard", "enterprise"].into_iter().map(String::from).collect(),
+            tiers: ["free", "standard", "enterprise"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
             default_token_ttl_secs: 3600,
             token_cache_capacity: 100_000,
+            request_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
 
 impl HttpConfig {
     pub fn tier(&self, name: &str) -> Option<TierName> {
-        if self.tiers.contains(name) { TierName::parse(name).ok() } else { None }
+        if self.tiers.contains(name) {
+            TierName::parse(name).ok()
+        } else {
+            None
+        }
     }
 }
 
@@ -46,8 +56,36 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<Store>, verifier: Verifier, operator: OperatorCredential, config: HttpConfig) -> Self {
-        let auth = Authenticator::new(store.clone(), verifier, config.token_cache_capacity);
-        Self { store, auth: Arc::new(auth), operator: Arc::new(operator), config: Arc::new(config) }
+    pub fn new(
+        store: Arc<Store>,
+        verifier: Verifier,
+        operator: OperatorCredential,
+        config: HttpConfig,
+    ) -> Self {
+        Self::with_clock(
+            store,
+            verifier,
+            operator,
+            config,
+            Arc::new(bulkhead_core::Timestamp::now_utc),
+        )
+    }
+
+    /// Like [`AppState::new`], with the clock tokens are checked against (tests move it).
+    pub fn with_clock(
+        store: Arc<Store>,
+        verifier: Verifier,
+        operator: OperatorCredential,
+        config: HttpConfig,
+        clock: crate::auth::Clock,
+    ) -> Self {
+        let auth =
+            Authenticator::with_clock(store.clone(), verifier, config.token_cache_capacity, clock);
+        Self {
+            store,
+            auth: Arc::new(auth),
+            operator: Arc::new(operator),
+            config: Arc::new(config),
+        }
     }
 }

@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow,
-    TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
+    SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
 };
 use parking_lot::Mutex;
 use rusqlite::Connection;
@@ -30,6 +30,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Most writes committed by one transaction.
 const MAX_GROUP: usize = 512;
+/// Most writes waiting for the writer; beyond it, writers wait (back-pressure) instead of
+/// growing memory without bound.
+const MAX_QUEUED: usize = 8192;
 
 /// A write's result, delivered once its group's commit is known.
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -45,7 +48,7 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    writer: mpsc::UnboundedSender<Job>,
+    writer: mpsc::Sender<Job>,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
     /// Bounds concurrent readers to the pool size.
@@ -54,7 +57,9 @@ struct Inner {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,13 +71,26 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 impl SqliteStore {
     /// Opens (creating if needed) the database in `data_dir` and applies migrations.
     pub fn open(data_dir: &Path, readers: usize) -> Result<Self, BackendError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| BackendError::Unavailable(format!("cannot create `{}`: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            BackendError::Unavailable(format!("cannot create `{}`: {e}", data_dir.display()))
+        })?;
         let path = database_path(data_dir);
+        if !path.exists() {
+            // Owner-only from the start; SQLite gives the -wal and -shm files the same mode.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| {
+                    BackendError::Unavailable(format!("cannot create `{}`: {e}", path.display()))
+                })?;
+        }
         let mut conn = Connection::open(&path).map_err(sql::map)?;
         schema::configure_writer(&conn).map_err(sql::map)?;
         schema::migrate(&mut conn).map_err(sql::map)?;
-        let (tx, rx) = mpsc::unbounded_channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Job>(MAX_QUEUED);
         std::thread::Builder::new()
             .name("bulkhead-sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
@@ -101,14 +119,18 @@ impl SqliteStore {
         let job: Job = Box::new(move |conn| {
             let result = match conn {
                 Some(c) => f(c).map_err(sql::map),
-                None => Err(BackendError::Unavailable("cannot begin a write transaction".into())),
+                None => Err(BackendError::Unavailable(
+                    "cannot begin a write transaction".into(),
+                )),
             };
             let keep = result.is_ok();
             let done: Completion = Box::new(move |commit| {
                 let out = match (result, commit) {
                     (Ok(v), Ok(())) => Ok(v),
                     (Err(e), _) => Err(e),
-                    (Ok(_), Err(m)) => Err(BackendError::Unavailable(format!("commit failed: {m}"))),
+                    (Ok(_), Err(m)) => {
+                        Err(BackendError::Unavailable(format!("commit failed: {m}")))
+                    }
                 };
                 // The receiver may be gone if the request was cancelled; the write stands.
                 let _ = tx.send(out);
@@ -118,8 +140,27 @@ impl SqliteStore {
         self.inner
             .writer
             .send(job)
+            .await
             .map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?;
-        rx.await.map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?
+        rx.await
+            .map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?
+    }
+
+    /// Runs a point read (a primary-key lookup: microseconds, bounded) on a pooled read
+    /// connection right here, without a hop to the blocking pool. Anything that can scan goes
+    /// through [`SqliteStore::read`] instead.
+    fn point_read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BackendError> {
+        let pooled = self.inner.readers.lock().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => schema::open_reader(&self.inner.path).map_err(sql::map)?,
+        };
+        let out = f(&conn).map_err(sql::map);
+        self.inner.readers.lock().push(conn);
+        out
     }
 
     /// Runs `f` on a pooled read connection on the blocking thread pool.
@@ -148,7 +189,7 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut done: Vec<Completion> = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
@@ -194,34 +235,47 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
 #[async_trait]
 impl Registry for SqliteStore {
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
-        let name = name.to_owned();
-        self.read(move |c| sql::setting(c, &name)).await
+        self.point_read(|c| sql::setting(c, name))
     }
 
     async fn init_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, BackendError> {
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.write(move |c| sql::init_setting(c, &name, &value)).await
+        self.write(move |c| sql::init_setting(c, &name, &value))
+            .await
     }
 
     async fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), BackendError> {
         let (name, value) = (name.to_owned(), value.to_vec());
-        self.write(move |c| sql::set_setting(c, &name, &value)).await
+        self.write(move |c| sql::set_setting(c, &name, &value))
+            .await
     }
 
-    async fn create_tenant(&self, row: &TenantRow, key: &SigningKeyRow) -> Result<(), BackendError> {
+    async fn create_tenant(
+        &self,
+        row: &TenantRow,
+        key: &SigningKeyRow,
+    ) -> Result<(), BackendError> {
         let (row, key) = (row.clone(), key.clone());
         self.write(move |c| sql::create_tenant(c, &row, &key)).await
     }
 
     async fn tenant(&self, id: TenantId) -> Result<Option<TenantRow>, BackendError> {
-        self.read(move |c| sql::tenant(c, id)).await
+        self.point_read(|c| sql::tenant(c, id))
     }
 
-    async fn list_tenants(&self, after: Option<TenantId>, limit: usize) -> Result<Vec<Tenant>, BackendError> {
+    async fn list_tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, BackendError> {
         self.read(move |c| sql::list_tenants(c, after, limit)).await
     }
 
-    async fn update_tenant(&self, id: TenantId, patch: &TenantPatch) -> Result<Option<Tenant>, BackendError> {
+    async fn update_tenant(
+        &self,
+        id: TenantId,
+        patch: &TenantPatch,
+    ) -> Result<Option<Tenant>, BackendError> {
         let patch = patch.clone();
         self.write(move |c| sql::update_tenant(c, id, &patch)).await
     }
@@ -231,7 +285,7 @@ impl Registry for SqliteStore {
     }
 
     async fn signing_keys(&self, id: TenantId) -> Result<Vec<SigningKeyRow>, BackendError> {
-        self.read(move |c| sql::signing_keys(c, id)).await
+        self.point_read(|c| sql::signing_keys(c, id))
     }
 
     async fn add_signing_key(&self, key: &SigningKeyRow) -> Result<(), BackendError> {
@@ -242,12 +296,22 @@ impl Registry for SqliteStore {
 
 #[async_trait]
 impl RecordBackend for SqliteStore {
-    async fn put_collection(&self, s: &Scope, row: &CollectionRow, expected: Option<u64>) -> Result<bool, BackendError> {
+    async fn put_collection(
+        &self,
+        s: &Scope,
+        row: &CollectionRow,
+        expected: Option<u64>,
+    ) -> Result<bool, BackendError> {
         let (t, row) = (s.tenant(), row.clone());
-        self.write(move |c| sql::put_collection(c, t, &row, expected)).await
+        self.write(move |c| sql::put_collection(c, t, &row, expected))
+            .await
     }
 
-    async fn collection(&self, s: &Scope, name: &CollectionName) -> Result<Option<CollectionRow>, BackendError> {
+    async fn collection(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+    ) -> Result<Option<CollectionRow>, BackendError> {
         let (t, name) = (s.tenant(), name.clone());
         self.read(move |c| sql::collection(c, t, &name)).await
     }
@@ -257,9 +321,14 @@ impl RecordBackend for SqliteStore {
         self.read(move |c| sql::collections(c, t)).await
     }
 
-    async fn all_records(&self, s: &Scope, name: &CollectionName) -> Result<Vec<RecordRow>, BackendError> {
+    async fn all_records(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+    ) -> Result<Vec<RecordRow>, BackendError> {
         let (t, name) = (s.tenant(), name.clone());
-        self.read(move |c| sql::query(c, t, &name, &[], None, usize::MAX)).await
+        self.read(move |c| sql::query(c, t, &name, &[], None, usize::MAX))
+            .await
     }
 
     async fn reindex(
@@ -270,7 +339,8 @@ impl RecordBackend for SqliteStore {
         entries: &[(RecordId, Vec<IndexToken>)],
     ) -> Result<bool, BackendError> {
         let (t, name, entries) = (s.tenant(), name.clone(), entries.to_vec());
-        self.write(move |c| sql::reindex(c, t, &name, collection_version, &entries)).await
+        self.write(move |c| sql::reindex(c, t, &name, collection_version, &entries))
+            .await
     }
 
     async fn insert(&self, s: &Scope, row: &InsertRow) -> Result<InsertOutcome, BackendError> {
@@ -278,7 +348,12 @@ impl RecordBackend for SqliteStore {
         self.write(move |c| sql::insert(c, t, &row)).await
     }
 
-    async fn get(&self, s: &Scope, name: &CollectionName, id: RecordId) -> Result<Option<RecordRow>, BackendError> {
+    async fn get(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        id: RecordId,
+    ) -> Result<Option<RecordRow>, BackendError> {
         let (t, name) = (s.tenant(), name.clone());
         self.read(move |c| sql::get(c, t, &name, id)).await
     }
@@ -296,7 +371,8 @@ impl RecordBackend for SqliteStore {
         expected: Option<u64>,
     ) -> Result<WriteOutcome, BackendError> {
         let (t, name) = (s.tenant(), name.clone());
-        self.write(move |c| sql::delete(c, t, &name, id, expected)).await
+        self.write(move |c| sql::delete(c, t, &name, id, expected))
+            .await
     }
 
     async fn query(
@@ -308,14 +384,30 @@ impl RecordBackend for SqliteStore {
         limit: usize,
     ) -> Result<Vec<RecordRow>, BackendError> {
         let (t, name, all_of) = (s.tenant(), name.clone(), all_of.to_vec());
-        self.read(move |c| sql::query(c, t, &name, &all_of, after, limit)).await
+        self.read(move |c| sql::query(c, t, &name, &all_of, after, limit))
+            .await
     }
 
     async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {
-        self.write(move |c| sql::purge_tenant(c, tenant)).await
+        let purged = self.write(move |c| sql::purge_tenant(c, tenant)).await?;
+        // Old page images of the tenant's rows and wrapped keys may still sit in the WAL:
+        // checkpoint and truncate it (deleted cells are zeroed by `secure_delete`).
+        let path = self.inner.path.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let c = Connection::open(&path)?;
+            c.busy_timeout(std::time::Duration::from_secs(10))?;
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        })
+        .await;
+        if !matches!(done, Ok(Ok(()))) {
+            tracing::warn!(
+                "could not truncate the write-ahead log after offboarding; it will be on the next checkpoint"
+            );
+        }
+        Ok(purged)
     }
 
     async fn ping(&self) -> Result<(), BackendError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.point_read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
 }

@@ -80,6 +80,9 @@ CREATE TABLE idempotency (
 pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "FULL")?;
+    // Deleted content (a shredded tenant's wrapped key, purged rows) is overwritten, not left
+    // in free pages.
+    c.pragma_update(None, "secure_delete", "ON")?;
     c.pragma_update(None, "foreign_keys", "OFF")?;
     c.pragma_update(None, "busy_timeout", 5000)?;
     c.pragma_update(None, "cache_size", -32_000)?;
@@ -90,7 +93,9 @@ pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {
 pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let c = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )?;
     c.pragma_update(None, "busy_timeout", 5000)?;
     c.pragma_update(None, "cache_size", -16_000)?;
@@ -100,10 +105,18 @@ pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 
 pub(crate) fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
     let current: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, m) in MIGRATIONS.iter().enumerate().skip(usize::try_from(current).unwrap_or(0)) {
+    for (i, m) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(current).unwrap_or(0))
+    {
         let tx = c.transaction()?;
         tx.execute_batch(m)?;
-        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
         tx.commit()?;
     }
     Ok(())

@@ -4,11 +4,14 @@
 use bulkhead_core::crypto::WrappedKey;
 use bulkhead_core::tenant::Placement;
 use bulkhead_core::token::SigningAlg;
-use bulkhead_core::{CollectionName, KeyId, RecordId, Tenant, TenantId, TenantName, TenantStatus, TierName, Timestamp};
+use bulkhead_core::{
+    CollectionName, KeyId, RecordId, Tenant, TenantId, TenantName, TenantStatus, TierName,
+    Timestamp,
+};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordRow, SigningKeyRow, TenantPatch, TenantRow, UpdateRow,
-    WriteOutcome,
+    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordRow, SigningKeyRow, TenantPatch,
+    TenantRow, UpdateRow, WriteOutcome,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -17,9 +20,10 @@ pub(crate) fn map(e: rusqlite::Error) -> BackendError {
     use rusqlite::ErrorCode;
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::DiskFull | ErrorCode::SystemIoFailure => {
-                BackendError::Unavailable(e.to_string())
-            }
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure => BackendError::Unavailable(e.to_string()),
             ErrorCode::CannotOpen => BackendError::Unavailable(e.to_string()),
             ErrorCode::ConstraintViolation => BackendError::Conflict(e.to_string()),
             _ => BackendError::Other(e.to_string()),
@@ -29,7 +33,11 @@ pub(crate) fn map(e: rusqlite::Error) -> BackendError {
 }
 
 fn bad(what: &str) -> rusqlite::Error {
-    rusqlite::Error::InvalidColumnType(0, format!("stored {what} is invalid"), rusqlite::types::Type::Blob)
+    rusqlite::Error::InvalidColumnType(
+        0,
+        format!("stored {what} is invalid"),
+        rusqlite::types::Type::Blob,
+    )
 }
 
 pub(crate) fn micros(t: Timestamp) -> i64 {
@@ -61,18 +69,25 @@ pub(crate) fn setting(c: &Connection, name: &str) -> rusqlite::Result<Option<Vec
 }
 
 pub(crate) fn init_setting(c: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<Vec<u8>> {
-    c.prepare_cached("INSERT OR IGNORE INTO settings (name, value) VALUES (?1, ?2)")?.execute(params![name, value])?;
-    c.prepare_cached("SELECT value FROM settings WHERE name = ?1")?.query_row([name], |r| r.get(0))
+    c.prepare_cached("INSERT OR IGNORE INTO settings (name, value) VALUES (?1, ?2)")?
+        .execute(params![name, value])?;
+    c.prepare_cached("SELECT value FROM settings WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
 }
 
 pub(crate) fn set_setting(c: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<()> {
-    c.prepare_cached("INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)")?.execute(params![name, value])?;
+    c.prepare_cached("INSERT OR REPLACE INTO settings (name, value) VALUES (?1, ?2)")?
+        .execute(params![name, value])?;
     Ok(())
 }
 
 // ---- registry ---------------------------------------------------------------------------
 
-pub(crate) fn create_tenant(c: &Connection, row: &TenantRow, key: &SigningKeyRow) -> rusqlite::Result<()> {
+pub(crate) fn create_tenant(
+    c: &Connection,
+    row: &TenantRow,
+    key: &SigningKeyRow,
+) -> rusqlite::Result<()> {
     let t = &row.tenant;
     c.prepare_cached(
         "INSERT INTO tenants (id, name, tier, status, placement, wrapped_root, created_at)
@@ -124,32 +139,48 @@ fn tenant_of(r: &Row<'_>) -> rusqlite::Result<Tenant> {
 const TENANT_COLUMNS: &str = "id, name, tier, status, created_at, placement, wrapped_root";
 
 pub(crate) fn tenant(c: &Connection, id: TenantId) -> rusqlite::Result<Option<TenantRow>> {
-    c.prepare_cached(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"))?
-        .query_row([id.as_bytes()], |r| {
-            let placement: String = r.get(5)?;
-            let wrapped: Option<Vec<u8>> = r.get(6)?;
-            Ok(TenantRow {
-                tenant: tenant_of(r)?,
-                placement: Placement::parse(&placement).ok_or_else(|| bad("placement"))?,
-                wrapped_root: wrapped.map(WrappedKey::from_bytes),
-            })
+    c.prepare_cached(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id = ?1"
+    ))?
+    .query_row([id.as_bytes()], |r| {
+        let placement: String = r.get(5)?;
+        let wrapped: Option<Vec<u8>> = r.get(6)?;
+        Ok(TenantRow {
+            tenant: tenant_of(r)?,
+            placement: Placement::parse(&placement).ok_or_else(|| bad("placement"))?,
+            wrapped_root: wrapped.map(WrappedKey::from_bytes),
         })
-        .optional()
+    })
+    .optional()
 }
 
-pub(crate) fn list_tenants(c: &Connection, after: Option<TenantId>, limit: usize) -> rusqlite::Result<Vec<Tenant>> {
+pub(crate) fn list_tenants(
+    c: &Connection,
+    after: Option<TenantId>,
+    limit: usize,
+) -> rusqlite::Result<Vec<Tenant>> {
     let after = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
-    let mut st = c.prepare_cached(&format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2"))?;
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {TENANT_COLUMNS} FROM tenants WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
     let rows = st.query_map(params![after, sql_limit(limit)], tenant_of)?;
     rows.collect()
 }
 
-pub(crate) fn update_tenant(c: &Connection, id: TenantId, patch: &TenantPatch) -> rusqlite::Result<Option<Tenant>> {
+pub(crate) fn update_tenant(
+    c: &Connection,
+    id: TenantId,
+    patch: &TenantPatch,
+) -> rusqlite::Result<Option<Tenant>> {
     c.prepare_cached(
         "UPDATE tenants SET status = coalesce(?2, status), tier = coalesce(?3, tier)
          WHERE id = ?1 AND status <> 'deleted'",
     )?
-    .execute(params![id.as_bytes(), patch.status.map(TenantStatus::as_str), patch.tier.as_ref().map(TierName::as_str)])?;
+    .execute(params![
+        id.as_bytes(),
+        patch.status.map(TenantStatus::as_str),
+        patch.tier.as_ref().map(TierName::as_str)
+    ])?;
     Ok(tenant(c, id)?.map(|r| r.tenant))
 }
 
@@ -157,7 +188,8 @@ pub(crate) fn shred_tenant(c: &Connection, id: TenantId) -> rusqlite::Result<boo
     let n = c
         .prepare_cached("UPDATE tenants SET status = 'deleted', wrapped_root = NULL WHERE id = ?1 AND status <> 'deleted'")?
         .execute([id.as_bytes()])?;
-    c.prepare_cached("DELETE FROM signing_keys WHERE tenant_id = ?1")?.execute([id.as_bytes()])?;
+    c.prepare_cached("DELETE FROM signing_keys WHERE tenant_id = ?1")?
+        .execute([id.as_bytes()])?;
     Ok(n == 1)
 }
 
@@ -184,7 +216,8 @@ pub(crate) fn signing_keys(c: &Connection, id: TenantId) -> rusqlite::Result<Vec
 }
 
 pub(crate) fn add_signing_key(c: &Connection, key: &SigningKeyRow) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE signing_keys SET active = 0 WHERE tenant_id = ?1")?.execute([key.tenant.as_bytes()])?;
+    c.prepare_cached("UPDATE signing_keys SET active = 0 WHERE tenant_id = ?1")?
+        .execute([key.tenant.as_bytes()])?;
     insert_key(c, key)
 }
 
@@ -201,7 +234,11 @@ fn collection_of(r: &Row<'_>) -> rusqlite::Result<CollectionRow> {
     })
 }
 
-fn collection_version(c: &Connection, t: TenantId, name: &CollectionName) -> rusqlite::Result<Option<u64>> {
+fn collection_version(
+    c: &Connection,
+    t: TenantId,
+    name: &CollectionName,
+) -> rusqlite::Result<Option<u64>> {
     c.prepare_cached("SELECT version FROM collections WHERE tenant_id = ?1 AND name = ?2")?
         .query_row(params![t.as_bytes(), name.as_str()], |r| version(r.get(0)?))
         .optional()
@@ -231,7 +268,11 @@ pub(crate) fn put_collection(
     Ok(true)
 }
 
-pub(crate) fn collection(c: &Connection, t: TenantId, name: &CollectionName) -> rusqlite::Result<Option<CollectionRow>> {
+pub(crate) fn collection(
+    c: &Connection,
+    t: TenantId,
+    name: &CollectionName,
+) -> rusqlite::Result<Option<CollectionRow>> {
     c.prepare_cached(
         "SELECT name, version, definition, created_at, updated_at FROM collections WHERE tenant_id = ?1 AND name = ?2",
     )?
@@ -262,19 +303,36 @@ fn record_of(r: &Row<'_>) -> rusqlite::Result<RecordRow> {
     })
 }
 
-fn write_index(c: &Connection, t: TenantId, name: &CollectionName, id: RecordId, tokens: &[IndexToken]) -> rusqlite::Result<()> {
-    c.prepare_cached("DELETE FROM record_index WHERE tenant_id = ?1 AND collection = ?2 AND record_id = ?3")?
-        .execute(params![t.as_bytes(), name.as_str(), id.as_bytes()])?;
+fn write_index(
+    c: &Connection,
+    t: TenantId,
+    name: &CollectionName,
+    id: RecordId,
+    tokens: &[IndexToken],
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "DELETE FROM record_index WHERE tenant_id = ?1 AND collection = ?2 AND record_id = ?3",
+    )?
+    .execute(params![t.as_bytes(), name.as_str(), id.as_bytes()])?;
     let mut st = c.prepare_cached(
         "INSERT OR IGNORE INTO record_index (tenant_id, collection, token, record_id) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for tok in tokens {
-        st.execute(params![t.as_bytes(), name.as_str(), tok.as_slice(), id.as_bytes()])?;
+        st.execute(params![
+            t.as_bytes(),
+            name.as_str(),
+            tok.as_slice(),
+            id.as_bytes()
+        ])?;
     }
     Ok(())
 }
 
-pub(crate) fn insert(c: &Connection, t: TenantId, row: &InsertRow) -> rusqlite::Result<InsertOutcome> {
+pub(crate) fn insert(
+    c: &Connection,
+    t: TenantId,
+    row: &InsertRow,
+) -> rusqlite::Result<InsertOutcome> {
     let rec = &row.record;
     if collection_version(c, t, &rec.collection)? != Some(row.collection_version) {
         return Ok(InsertOutcome::StaleCollection);
@@ -284,9 +342,15 @@ pub(crate) fn insert(c: &Connection, t: TenantId, row: &InsertRow) -> rusqlite::
             .prepare_cached("SELECT request, response, expires_at FROM idempotency WHERE tenant_id = ?1 AND key = ?2")?
             .query_row(params![t.as_bytes(), idem.key.as_slice()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        if let Some((request, response, expires)) = existing {
-            if expires > micros(rec.created_at) {
-                return Ok(if request == idem.request { InsertOutcome::Replayed(response) } else { InsertOutcome::KeyReused });
+        if let Some((request, response, expires)) = existing
+            && expires > micros(rec.created_at)
+        {
+            {
+                return Ok(if request == idem.request {
+                    InsertOutcome::Replayed(response)
+                } else {
+                    InsertOutcome::KeyReused
+                });
             }
         }
         c.prepare_cached(
@@ -319,21 +383,38 @@ pub(crate) fn insert(c: &Connection, t: TenantId, row: &InsertRow) -> rusqlite::
 
 const RECORD_COLUMNS: &str = "collection, id, version, data, created_at, updated_at";
 
-pub(crate) fn get(c: &Connection, t: TenantId, name: &CollectionName, id: RecordId) -> rusqlite::Result<Option<RecordRow>> {
+pub(crate) fn get(
+    c: &Connection,
+    t: TenantId,
+    name: &CollectionName,
+    id: RecordId,
+) -> rusqlite::Result<Option<RecordRow>> {
     c.prepare_cached(&format!(
         "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = ?1 AND collection = ?2 AND id = ?3"
     ))?
-    .query_row(params![t.as_bytes(), name.as_str(), id.as_bytes()], record_of)
+    .query_row(
+        params![t.as_bytes(), name.as_str(), id.as_bytes()],
+        record_of,
+    )
     .optional()
 }
 
-fn current(c: &Connection, t: TenantId, name: &CollectionName, id: RecordId) -> rusqlite::Result<Option<(u64, i64)>> {
+fn current(
+    c: &Connection,
+    t: TenantId,
+    name: &CollectionName,
+    id: RecordId,
+) -> rusqlite::Result<Option<(u64, i64)>> {
     c.prepare_cached("SELECT version, created_at FROM records WHERE tenant_id = ?1 AND collection = ?2 AND id = ?3")?
         .query_row(params![t.as_bytes(), name.as_str(), id.as_bytes()], |r| Ok((version(r.get(0)?)?, r.get(1)?)))
         .optional()
 }
 
-pub(crate) fn update(c: &Connection, t: TenantId, row: &UpdateRow) -> rusqlite::Result<WriteOutcome> {
+pub(crate) fn update(
+    c: &Connection,
+    t: TenantId,
+    row: &UpdateRow,
+) -> rusqlite::Result<WriteOutcome> {
     let rec = &row.record;
     let Some((v, created)) = current(c, t, &rec.collection, rec.id)? else {
         return Ok(WriteOutcome::NotFound);
@@ -357,7 +438,9 @@ pub(crate) fn update(c: &Connection, t: TenantId, row: &UpdateRow) -> rusqlite::
         micros(rec.updated_at),
     ])?;
     write_index(c, t, &rec.collection, rec.id, &row.index)?;
-    Ok(WriteOutcome::Written { created_at: from_micros(created)? })
+    Ok(WriteOutcome::Written {
+        created_at: from_micros(created)?,
+    })
 }
 
 pub(crate) fn delete(
@@ -376,7 +459,9 @@ pub(crate) fn delete(
     c.prepare_cached("DELETE FROM records WHERE tenant_id = ?1 AND collection = ?2 AND id = ?3")?
         .execute(params![t.as_bytes(), name.as_str(), id.as_bytes()])?;
     write_index(c, t, name, id, &[])?;
-    Ok(WriteOutcome::Written { created_at: from_micros(created)? })
+    Ok(WriteOutcome::Written {
+        created_at: from_micros(created)?,
+    })
 }
 
 pub(crate) fn reindex(
@@ -412,7 +497,10 @@ pub(crate) fn query(
             "SELECT {RECORD_COLUMNS} FROM records WHERE tenant_id = ?1 AND collection = ?2 AND id > ?3
              ORDER BY id LIMIT ?4"
         ))?;
-        let rows = st.query_map(params![t.as_bytes(), name.as_str(), after, sql_limit(limit)], record_of)?;
+        let rows = st.query_map(
+            params![t.as_bytes(), name.as_str(), after, sql_limit(limit)],
+            record_of,
+        )?;
         return rows.collect();
     };
     // Drive from the first token's index range; every other token must also point at the row.
@@ -438,15 +526,23 @@ pub(crate) fn query(
         Box::new(after),
         Box::new(sql_limit(limit)),
     ];
-    values.extend(rest.iter().map(|tok| Box::new(tok.to_vec()) as Box<dyn rusqlite::ToSql>));
+    values.extend(
+        rest.iter()
+            .map(|tok| Box::new(tok.to_vec()) as Box<dyn rusqlite::ToSql>),
+    );
     let rows = st.query_map(rusqlite::params_from_iter(values.iter()), record_of)?;
     rows.collect()
 }
 
 pub(crate) fn purge_tenant(c: &Connection, t: TenantId) -> rusqlite::Result<u64> {
-    let n = c.prepare_cached("DELETE FROM records WHERE tenant_id = ?1")?.execute([t.as_bytes()])?;
+    let n = c
+        .prepare_cached("DELETE FROM records WHERE tenant_id = ?1")?
+        .execute([t.as_bytes()])?;
     for table in ["record_index", "collections", "idempotency"] {
-        c.execute(&format!("DELETE FROM {table} WHERE tenant_id = ?1"), [t.as_bytes()])?;
+        c.execute(
+            &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
+            [t.as_bytes()],
+        )?;
     }
     Ok(u64::try_from(n).unwrap_or(u64::MAX))
 }

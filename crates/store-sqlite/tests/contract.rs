@@ -39,7 +39,11 @@ impl Harness for Sqlite {
         Arc::new(self.store.clone())
     }
 
-    async fn raw_copy_data(&self, from: (TenantId, &CollectionName, RecordId), to: (TenantId, &CollectionName, RecordId)) {
+    async fn raw_copy_data(
+        &self,
+        from: (TenantId, &CollectionName, RecordId),
+        to: (TenantId, &CollectionName, RecordId),
+    ) {
         let c = self.raw();
         let data: Vec<u8> = c
             .query_row(

@@ -3,7 +3,13 @@
 //!
 //! An adapter's test crate implements [`Harness`] and invokes [`crate::contract_suite!`]. Each
 //! isolation test has its positive twin next to it ("A reads A" beside "B cannot read A").
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test code"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,12 +17,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bulkhead_core::crypto::MasterKey;
 use bulkhead_core::token::{MintRequest, SigningAlg, TokenSettings, Verifier};
-use bulkhead_core::{CollectionName, RecordId, Role, Roles, Subject, TenantContext, TenantId, TenantName, TierName};
+use bulkhead_core::{
+    CollectionName, RecordId, Role, Roles, Subject, TenantContext, TenantId, TenantName, TierName,
+};
 use serde_json::{Value, json};
 
+use crate::StoreError;
 use crate::port::{RecordBackend, Registry, TenantPatch};
 use crate::service::{Idempotency, Store, StoreConfig};
-use crate::StoreError;
 
 /// What an adapter provides to run the contract against it.
 #[async_trait]
@@ -26,7 +34,11 @@ pub trait Harness: Send + Sync + Sized + 'static {
     fn registry(&self) -> Arc<dyn Registry>;
     fn backend(&self) -> Arc<dyn RecordBackend>;
     /// Overwrites, bypassing Bulkhead, the stored data bytes of record `to` with those of `from`.
-    async fn raw_copy_data(&self, from: (TenantId, &CollectionName, RecordId), to: (TenantId, &CollectionName, RecordId));
+    async fn raw_copy_data(
+        &self,
+        from: (TenantId, &CollectionName, RecordId),
+        to: (TenantId, &CollectionName, RecordId),
+    );
     /// Moves, bypassing Bulkhead, a record row to another tenant, bytes unchanged.
     async fn raw_move_record(&self, rec: (TenantId, &CollectionName, RecordId), to: TenantId);
     /// Every byte the backend keeps (database files, or a dump of every table).
@@ -44,9 +56,14 @@ pub struct Env<H: Harness> {
 impl<H: Harness> Env<H> {
     pub async fn new() -> Self {
         let harness = H::fresh().await;
-        let store = Store::open(harness.registry(), harness.backend(), MasterKey::generate(), StoreConfig::default())
-            .await
-            .unwrap();
+        let store = Store::open(
+            harness.registry(),
+            harness.backend(),
+            MasterKey::generate(),
+            StoreConfig::default(),
+        )
+        .await
+        .unwrap();
         let verifier = Verifier::new(TokenSettings {
             issuer: "https://bulkhead.test".into(),
             audience: "bulkhead".into(),
@@ -54,24 +71,44 @@ impl<H: Harness> Env<H> {
             max_token_bytes: 8192,
             max_ttl_secs: 3600,
         });
-        Self { harness, store, verifier }
+        Self {
+            harness,
+            store,
+            verifier,
+        }
     }
 
     /// Onboards a tenant and returns a verified context for it, made the way the server makes
     /// one: mint a token with the tenant's key, then verify it.
     pub async fn tenant(&self, roles: &[Role]) -> TenantContext {
         let name = TenantName::parse(&format!("t-{}", RecordId::generate())).unwrap();
-        let t = self.store.create_tenant(name, TierName::standard(), SigningAlg::EdDSA).await.unwrap();
+        let t = self
+            .store
+            .create_tenant(name, TierName::standard(), SigningAlg::EdDSA)
+            .await
+            .unwrap();
         self.context(t.id, roles).await
     }
 
     pub async fn context(&self, id: TenantId, roles: &[Role]) -> TenantContext {
         let key = self.store.active_signing_key(id).await.unwrap();
         let now = bulkhead_core::Timestamp::now_utc();
-        let req = MintRequest { subject: Subject::parse("tester").unwrap(), roles: Roles::from_slice(roles).unwrap(), ttl_secs: 600 };
+        let req = MintRequest {
+            subject: Subject::parse("tester").unwrap(),
+            roles: Roles::from_slice(roles).unwrap(),
+            ttl_secs: 600,
+        };
         let (token, _) = self.verifier.mint(&key, &req, now).unwrap();
         let claimed = self.verifier.inspect(&token).unwrap();
-        let public = self.store.tenant_state(id).await.unwrap().unwrap().key(&claimed.kid).unwrap().clone();
+        let public = self
+            .store
+            .tenant_state(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .key(&claimed.kid)
+            .unwrap()
+            .clone();
         self.verifier.verify(&token, claimed, &public, now).unwrap()
     }
 }
@@ -95,7 +132,13 @@ fn users_schema() -> Value {
 
 async fn with_users<H: Harness>(env: &Env<H>, ctx: &TenantContext) {
     let h = env.store.tenant(ctx).await.unwrap();
-    h.put_collection(&coll("users"), users_schema(), vec!["email".into(), "team".into()]).await.unwrap();
+    h.put_collection(
+        &coll("users"),
+        users_schema(),
+        vec!["email".into(), "team".into()],
+    )
+    .await
+    .unwrap();
 }
 
 macro_rules! assert_not_found {
@@ -112,7 +155,14 @@ pub async fn create_then_get<H: Harness>() {
     let a = env.tenant(&[Role::Admin]).await;
     with_users(&env, &a).await;
     let h = env.store.tenant(&a).await.unwrap();
-    let c = h.create_record(&coll("users"), json!({"email": "a@x.example", "age": 3}), None).await.unwrap();
+    let c = h
+        .create_record(
+            &coll("users"),
+            json!({"email": "a@x.example", "age": 3}),
+            None,
+        )
+        .await
+        .unwrap();
     assert!(!c.replayed);
     assert_eq!(c.record.version, 1);
     let got = h.get_record(&coll("users"), c.record.id).await.unwrap();
@@ -126,14 +176,21 @@ pub async fn other_tenant_cannot_read_update_or_delete<H: Harness>() {
     with_users(&env, &a).await;
     let ha = env.store.tenant(&a).await.unwrap();
     let hb = env.store.tenant(&b).await.unwrap();
-    let rec = ha.create_record(&coll("users"), json!({"email": "secret@a.example"}), None).await.unwrap().record;
+    let rec = ha
+        .create_record(&coll("users"), json!({"email": "secret@a.example"}), None)
+        .await
+        .unwrap()
+        .record;
     // B has no such collection: the same NotFound as for a missing record.
     assert_not_found!(hb.get_record(&coll("users"), rec.id).await);
     assert_not_found!(hb.get_collection(&coll("users")).await);
     // B defines a collection of the same name: A's record is still invisible to B.
     with_users(&env, &b).await;
     assert_not_found!(hb.get_record(&coll("users"), rec.id).await);
-    assert_not_found!(hb.update_record(&coll("users"), rec.id, json!({"email": "x@b.example"}), 1).await);
+    assert_not_found!(
+        hb.update_record(&coll("users"), rec.id, json!({"email": "x@b.example"}), 1)
+            .await
+    );
     assert_not_found!(hb.delete_record(&coll("users"), rec.id, None).await);
     assert_not_found!(hb.delete_record(&coll("users"), rec.id, Some(1)).await);
     // Positive twin: A still reads its record, unchanged, at version 1.
@@ -152,15 +209,52 @@ pub async fn lists_and_filters_are_scoped<H: Harness>() {
     let hb = env.store.tenant(&b).await.unwrap();
     let mut a_ids = BTreeSet::new();
     for i in 0..5 {
-        a_ids.insert(ha.create_record(&coll("users"), json!({"email": "same@x.example", "team": format!("a{i}")}), None).await.unwrap().record.id);
+        a_ids.insert(
+            ha.create_record(
+                &coll("users"),
+                json!({"email": "same@x.example", "team": format!("a{i}")}),
+                None,
+            )
+            .await
+            .unwrap()
+            .record
+            .id,
+        );
     }
-    let b_id = hb.create_record(&coll("users"), json!({"email": "same@x.example"}), None).await.unwrap().record.id;
+    let b_id = hb
+        .create_record(&coll("users"), json!({"email": "same@x.example"}), None)
+        .await
+        .unwrap()
+        .record
+        .id;
     let la = ha.query(&coll("users"), &[], None, 100).await.unwrap();
-    assert_eq!(la.items.iter().map(|r| r.id).collect::<BTreeSet<_>>(), a_ids);
-    let fa = ha.query(&coll("users"), &[("email".into(), "same@x.example".into())], None, 100).await.unwrap();
+    assert_eq!(
+        la.items.iter().map(|r| r.id).collect::<BTreeSet<_>>(),
+        a_ids
+    );
+    let fa = ha
+        .query(
+            &coll("users"),
+            &[("email".into(), "same@x.example".into())],
+            None,
+            100,
+        )
+        .await
+        .unwrap();
     assert_eq!(fa.items.len(), 5);
-    let fb = hb.query(&coll("users"), &[("email".into(), "same@x.example".into())], None, 100).await.unwrap();
-    assert_eq!(fb.items.iter().map(|r| r.id).collect::<Vec<_>>(), vec![b_id]);
+    let fb = hb
+        .query(
+            &coll("users"),
+            &[("email".into(), "same@x.example".into())],
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fb.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![b_id]
+    );
     // Collections are scoped too.
     let hb_cols = hb.list_collections().await.unwrap();
     assert_eq!(hb_cols.len(), 1);
@@ -178,22 +272,69 @@ pub async fn idempotency<H: Harness>() {
     with_users(&env, &b).await;
     let ha = env.store.tenant(&a).await.unwrap();
     let hb = env.store.tenant(&b).await.unwrap();
-    let idem = |key, d| Some(Idempotency { key, body_digest: [d; 32] });
-    let first = ha.create_record(&coll("users"), json!({"email": "i@x.example"}), idem("k1", 1)).await.unwrap();
-    let again = ha.create_record(&coll("users"), json!({"email": "i@x.example"}), idem("k1", 1)).await.unwrap();
+    let idem = |key, d| {
+        Some(Idempotency {
+            key,
+            body_digest: [d; 32],
+        })
+    };
+    let first = ha
+        .create_record(
+            &coll("users"),
+            json!({"email": "i@x.example"}),
+            idem("k1", 1),
+        )
+        .await
+        .unwrap();
+    let again = ha
+        .create_record(
+            &coll("users"),
+            json!({"email": "i@x.example"}),
+            idem("k1", 1),
+        )
+        .await
+        .unwrap();
     assert!(again.replayed);
     assert_eq!(again.record, first.record);
-    assert_eq!(ha.query(&coll("users"), &[], None, 100).await.unwrap().items.len(), 1);
-    match ha.create_record(&coll("users"), json!({"email": "other@x.example"}), idem("k1", 2)).await {
+    assert_eq!(
+        ha.query(&coll("users"), &[], None, 100)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    match ha
+        .create_record(
+            &coll("users"),
+            json!({"email": "other@x.example"}),
+            idem("k1", 2),
+        )
+        .await
+    {
         Err(StoreError::IdempotencyConflict) => {}
         other => panic!("expected IdempotencyConflict, got {other:?}"),
     }
     // The same key in another tenant is another key: no replay of A's response to B.
-    let in_b = hb.create_record(&coll("users"), json!({"email": "i@x.example"}), idem("k1", 1)).await.unwrap();
+    let in_b = hb
+        .create_record(
+            &coll("users"),
+            json!({"email": "i@x.example"}),
+            idem("k1", 1),
+        )
+        .await
+        .unwrap();
     assert!(!in_b.replayed);
     assert_ne!(in_b.record.id, first.record.id);
     // A different key in A creates a second record.
-    let second = ha.create_record(&coll("users"), json!({"email": "i@x.example"}), idem("k2", 1)).await.unwrap();
+    let second = ha
+        .create_record(
+            &coll("users"),
+            json!({"email": "i@x.example"}),
+            idem("k2", 1),
+        )
+        .await
+        .unwrap();
     assert!(!second.replayed);
 }
 
@@ -202,11 +343,21 @@ pub async fn optimistic_concurrency<H: Harness>() {
     let a = env.tenant(&[Role::Admin]).await;
     with_users(&env, &a).await;
     let h = env.store.tenant(&a).await.unwrap();
-    let r = h.create_record(&coll("users"), json!({"email": "v@x.example"}), None).await.unwrap().record;
-    let u = h.update_record(&coll("users"), r.id, json!({"email": "v2@x.example"}), 1).await.unwrap();
+    let r = h
+        .create_record(&coll("users"), json!({"email": "v@x.example"}), None)
+        .await
+        .unwrap()
+        .record;
+    let u = h
+        .update_record(&coll("users"), r.id, json!({"email": "v2@x.example"}), 1)
+        .await
+        .unwrap();
     assert_eq!(u.version, 2);
     assert_eq!(u.created_at, r.created_at);
-    match h.update_record(&coll("users"), r.id, json!({"email": "v3@x.example"}), 1).await {
+    match h
+        .update_record(&coll("users"), r.id, json!({"email": "v3@x.example"}), 1)
+        .await
+    {
         Err(StoreError::VersionMismatch { current: 2 }) => {}
         other => panic!("expected VersionMismatch, got {other:?}"),
     }
@@ -215,7 +366,9 @@ pub async fn optimistic_concurrency<H: Harness>() {
         Err(StoreError::VersionMismatch { current: 2 }) => {}
         other => panic!("expected VersionMismatch, got {other:?}"),
     }
-    h.delete_record(&coll("users"), r.id, Some(2)).await.unwrap();
+    h.delete_record(&coll("users"), r.id, Some(2))
+        .await
+        .unwrap();
     assert_not_found!(h.get_record(&coll("users"), r.id).await);
     assert_not_found!(h.delete_record(&coll("users"), r.id, None).await);
 }
@@ -227,19 +380,38 @@ pub async fn pagination_is_stable<H: Harness>() {
     let h = env.store.tenant(&a).await.unwrap();
     let mut ids = Vec::new();
     for i in 0..23 {
-        ids.push(h.create_record(&coll("users"), json!({"email": format!("{i}@x.example"), "team": "t"}), None).await.unwrap().record.id);
+        ids.push(
+            h.create_record(
+                &coll("users"),
+                json!({"email": format!("{i}@x.example"), "team": "t"}),
+                None,
+            )
+            .await
+            .unwrap()
+            .record
+            .id,
+        );
     }
     for filters in [vec![], vec![("team".to_string(), "t".to_string())]] {
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
         let mut pages = 0;
         loop {
-            let page = h.query(&coll("users"), &filters, cursor.as_deref(), 10).await.unwrap();
+            let page = h
+                .query(&coll("users"), &filters, cursor.as_deref(), 10)
+                .await
+                .unwrap();
             seen.extend(page.items.iter().map(|r| r.id));
             pages += 1;
             if pages == 1 {
                 // A write between pages lands after the cursor and does not shift later pages.
-                h.create_record(&coll("users"), json!({"email": "late@x.example", "team": "late"}), None).await.unwrap();
+                h.create_record(
+                    &coll("users"),
+                    json!({"email": "late@x.example", "team": "late"}),
+                    None,
+                )
+                .await
+                .unwrap();
             }
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
@@ -264,34 +436,122 @@ pub async fn blind_index_filters<H: Harness>() {
     with_users(&env, &a).await;
     let h = env.store.tenant(&a).await.unwrap();
     let u = coll("users");
-    let r1 = h.create_record(&u, json!({"email": "a@x.example", "team": "red"}), None).await.unwrap().record;
-    let r2 = h.create_record(&u, json!({"email": "b@x.example", "team": "red"}), None).await.unwrap().record;
-    let q = |f: &[(&str, &str)]| f.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+    let r1 = h
+        .create_record(&u, json!({"email": "a@x.example", "team": "red"}), None)
+        .await
+        .unwrap()
+        .record;
+    let r2 = h
+        .create_record(&u, json!({"email": "b@x.example", "team": "red"}), None)
+        .await
+        .unwrap()
+        .record;
+    let q = |f: &[(&str, &str)]| {
+        f.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    };
     let ids = |p: crate::service::Page| p.items.into_iter().map(|r| r.id).collect::<Vec<_>>();
-    assert_eq!(ids(h.query(&u, &q(&[("team", "red")]), None, 10).await.unwrap()), vec![r1.id, r2.id]);
-    assert_eq!(ids(h.query(&u, &q(&[("team", "red"), ("email", "b@x.example")]), None, 10).await.unwrap()), vec![r2.id]);
-    assert!(h.query(&u, &q(&[("team", "blue")]), None, 10).await.unwrap().items.is_empty());
+    assert_eq!(
+        ids(h.query(&u, &q(&[("team", "red")]), None, 10).await.unwrap()),
+        vec![r1.id, r2.id]
+    );
+    assert_eq!(
+        ids(h
+            .query(
+                &u,
+                &q(&[("team", "red"), ("email", "b@x.example")]),
+                None,
+                10
+            )
+            .await
+            .unwrap()),
+        vec![r2.id]
+    );
+    assert!(
+        h.query(&u, &q(&[("team", "blue")]), None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     // An update moves the record out of its old value's index and into the new one.
-    h.update_record(&u, r1.id, json!({"email": "a@x.example", "team": "blue"}), 1).await.unwrap();
-    assert_eq!(ids(h.query(&u, &q(&[("team", "red")]), None, 10).await.unwrap()), vec![r2.id]);
-    assert_eq!(ids(h.query(&u, &q(&[("team", "blue")]), None, 10).await.unwrap()), vec![r1.id]);
+    h.update_record(
+        &u,
+        r1.id,
+        json!({"email": "a@x.example", "team": "blue"}),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(h.query(&u, &q(&[("team", "red")]), None, 10).await.unwrap()),
+        vec![r2.id]
+    );
+    assert_eq!(
+        ids(h
+            .query(&u, &q(&[("team", "blue")]), None, 10)
+            .await
+            .unwrap()),
+        vec![r1.id]
+    );
     h.delete_record(&u, r2.id, None).await.unwrap();
-    assert!(h.query(&u, &q(&[("team", "red")]), None, 10).await.unwrap().items.is_empty());
+    assert!(
+        h.query(&u, &q(&[("team", "red")]), None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     // Only declared indexes can be filtered on.
     match h.query(&u, &q(&[("note", "x")]), None, 10).await {
         Err(StoreError::Filter(_)) => {}
         other => panic!("expected Filter error, got {other:?}"),
     }
     // Adding an index re-indexes existing records.
-    h.put_collection(&u, users_schema(), vec!["email".into(), "team".into(), "age".into()]).await.unwrap();
-    let r3 = h.create_record(&u, json!({"email": "c@x.example", "age": 7}), None).await.unwrap().record;
-    h.update_record(&u, r1.id, json!({"email": "a@x.example", "age": 7}), 2).await.unwrap();
-    assert_eq!(ids(h.query(&u, &q(&[("age", "7")]), None, 10).await.unwrap()), vec![r1.id, r3.id]);
+    h.put_collection(
+        &u,
+        users_schema(),
+        vec!["email".into(), "team".into(), "age".into()],
+    )
+    .await
+    .unwrap();
+    let r3 = h
+        .create_record(&u, json!({"email": "c@x.example", "age": 7}), None)
+        .await
+        .unwrap()
+        .record;
+    h.update_record(&u, r1.id, json!({"email": "a@x.example", "age": 7}), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(h.query(&u, &q(&[("age", "7")]), None, 10).await.unwrap()),
+        vec![r1.id, r3.id]
+    );
     let n = coll("notes");
-    h.put_collection(&n, json!({"type": "object", "properties": {"k": {"type": "string"}}}), vec![]).await.unwrap();
-    let old = h.create_record(&n, json!({"k": "v"}), None).await.unwrap().record;
-    h.put_collection(&n, json!({"type": "object", "properties": {"k": {"type": "string"}}}), vec!["k".into()]).await.unwrap();
-    assert_eq!(ids(h.query(&n, &q(&[("k", "v")]), None, 10).await.unwrap()), vec![old.id]);
+    h.put_collection(
+        &n,
+        json!({"type": "object", "properties": {"k": {"type": "string"}}}),
+        vec![],
+    )
+    .await
+    .unwrap();
+    let old = h
+        .create_record(&n, json!({"k": "v"}), None)
+        .await
+        .unwrap()
+        .record;
+    h.put_collection(
+        &n,
+        json!({"type": "object", "properties": {"k": {"type": "string"}}}),
+        vec!["k".into()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ids(h.query(&n, &q(&[("k", "v")]), None, 10).await.unwrap()),
+        vec![old.id]
+    );
 }
 
 pub async fn validation_and_limits<H: Harness>() {
@@ -300,10 +560,16 @@ pub async fn validation_and_limits<H: Harness>() {
     with_users(&env, &a).await;
     let h = env.store.tenant(&a).await.unwrap();
     let u = coll("users");
-    match h.create_record(&u, json!({"email": 5, "age": -1}), None).await {
+    match h
+        .create_record(&u, json!({"email": 5, "age": -1}), None)
+        .await
+    {
         Err(StoreError::Invalid(v)) => {
             let paths: Vec<_> = v.iter().map(|v| v.path.as_str()).collect();
-            assert!(paths.contains(&"/email") && paths.contains(&"/age"), "{paths:?}");
+            assert!(
+                paths.contains(&"/email") && paths.contains(&"/age"),
+                "{paths:?}"
+            );
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
@@ -311,12 +577,28 @@ pub async fn validation_and_limits<H: Harness>() {
     for _ in 0..70 {
         deep = json!([deep]);
     }
-    assert!(matches!(h.create_record(&u, json!({"email": "d@x.example", "note": "n", "deep": deep}), None).await, Err(StoreError::TooDeep { .. })));
+    assert!(matches!(
+        h.create_record(
+            &u,
+            json!({"email": "d@x.example", "note": "n", "deep": deep}),
+            None
+        )
+        .await,
+        Err(StoreError::TooDeep { .. })
+    ));
     let big = "x".repeat(300 * 1024);
-    assert!(matches!(h.create_record(&u, json!({"email": "d@x.example", "note": big}), None).await, Err(StoreError::RecordTooLarge { .. })));
+    assert!(matches!(
+        h.create_record(&u, json!({"email": "d@x.example", "note": big}), None)
+            .await,
+        Err(StoreError::RecordTooLarge { .. })
+    ));
     // Nothing was written by the refused requests.
     assert!(h.query(&u, &[], None, 10).await.unwrap().items.is_empty());
-    assert!(matches!(h.put_collection(&coll("bad"), json!({"type": "array"}), vec![]).await, Err(StoreError::Schema(_))));
+    assert!(matches!(
+        h.put_collection(&coll("bad"), json!({"type": "array"}), vec![])
+            .await,
+        Err(StoreError::Schema(_))
+    ));
     assert_not_found!(h.create_record(&coll("missing"), json!({}), None).await);
 }
 
@@ -329,20 +611,47 @@ pub async fn ciphertext_is_bound_to_its_place<H: Harness>() {
     let ha = env.store.tenant(&a).await.unwrap();
     let hb = env.store.tenant(&b).await.unwrap();
     let u = coll("users");
-    let ra = ha.create_record(&u, json!({"email": "victim@a.example"}), None).await.unwrap().record;
-    let ra2 = ha.create_record(&u, json!({"email": "other@a.example"}), None).await.unwrap().record;
-    let rb = hb.create_record(&u, json!({"email": "attacker@b.example"}), None).await.unwrap().record;
+    let ra = ha
+        .create_record(&u, json!({"email": "victim@a.example"}), None)
+        .await
+        .unwrap()
+        .record;
+    let ra2 = ha
+        .create_record(&u, json!({"email": "other@a.example"}), None)
+        .await
+        .unwrap()
+        .record;
+    let rb = hb
+        .create_record(&u, json!({"email": "attacker@b.example"}), None)
+        .await
+        .unwrap()
+        .record;
     // A's ciphertext pasted onto B's row: B gets an integrity error, never A's plaintext.
-    env.harness.raw_copy_data((a.tenant(), &u, ra.id), (b.tenant(), &u, rb.id)).await;
-    assert!(matches!(hb.get_record(&u, rb.id).await, Err(StoreError::Integrity(_))));
+    env.harness
+        .raw_copy_data((a.tenant(), &u, ra.id), (b.tenant(), &u, rb.id))
+        .await;
+    assert!(matches!(
+        hb.get_record(&u, rb.id).await,
+        Err(StoreError::Integrity(_))
+    ));
     // Within one tenant, one record's bytes pasted onto another's also fail.
-    env.harness.raw_copy_data((a.tenant(), &u, ra.id), (a.tenant(), &u, ra2.id)).await;
-    assert!(matches!(ha.get_record(&u, ra2.id).await, Err(StoreError::Integrity(_))));
+    env.harness
+        .raw_copy_data((a.tenant(), &u, ra.id), (a.tenant(), &u, ra2.id))
+        .await;
+    assert!(matches!(
+        ha.get_record(&u, ra2.id).await,
+        Err(StoreError::Integrity(_))
+    ));
     // Positive twin: the untouched record still reads.
     assert_eq!(ha.get_record(&u, ra.id).await.unwrap(), ra);
     // A whole row moved to B: B cannot decrypt it, A no longer sees it.
-    env.harness.raw_move_record((a.tenant(), &u, ra.id), b.tenant()).await;
-    assert!(matches!(hb.get_record(&u, ra.id).await, Err(StoreError::Integrity(_))));
+    env.harness
+        .raw_move_record((a.tenant(), &u, ra.id), b.tenant())
+        .await;
+    assert!(matches!(
+        hb.get_record(&u, ra.id).await,
+        Err(StoreError::Integrity(_))
+    ));
     assert_not_found!(ha.get_record(&u, ra.id).await);
 }
 
@@ -352,15 +661,44 @@ pub async fn no_plaintext_at_rest<H: Harness>() {
     with_users(&env, &a).await;
     let h = env.store.tenant(&a).await.unwrap();
     let planted = "planted-8c1f4e2a-value@x.example";
-    let r = h.create_record(&coll("users"), json!({"email": planted, "team": "planted-team-7d3b"}), Some(Idempotency { key: "planted-key-2f9c", body_digest: [3; 32] })).await.unwrap();
-    h.update_record(&coll("users"), r.record.id, json!({"email": planted, "note": "planted-note-5e6a"}), 1).await.unwrap();
+    let r = h
+        .create_record(
+            &coll("users"),
+            json!({"email": planted, "team": "planted-team-7d3b"}),
+            Some(Idempotency {
+                key: "planted-key-2f9c",
+                body_digest: [3; 32],
+            }),
+        )
+        .await
+        .unwrap();
+    h.update_record(
+        &coll("users"),
+        r.record.id,
+        json!({"email": planted, "note": "planted-note-5e6a"}),
+        1,
+    )
+    .await
+    .unwrap();
     let dump = env.harness.raw_dump().await;
     assert!(!dump.is_empty());
-    for needle in [planted, "planted-team-7d3b", "planted-note-5e6a", "planted-key-2f9c", "minimum"] {
-        assert!(!contains(&dump, needle.as_bytes()), "`{needle}` found in plaintext at rest");
+    for needle in [
+        planted,
+        "planted-team-7d3b",
+        "planted-note-5e6a",
+        "planted-key-2f9c",
+        "minimum",
+    ] {
+        assert!(
+            !contains(&dump, needle.as_bytes()),
+            "`{needle}` found in plaintext at rest"
+        );
     }
     // Positive twin: the dump does hold what is not secret, so the search itself works.
-    assert!(contains(&dump, b"users"), "collection name expected in the dump");
+    assert!(
+        contains(&dump, b"users"),
+        "collection name expected in the dump"
+    );
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -373,29 +711,97 @@ pub async fn lifecycle_suspend_and_offboard<H: Harness>() {
     let b = env.tenant(&[Role::Admin]).await;
     with_users(&env, &a).await;
     with_users(&env, &b).await;
-    let rb = env.store.tenant(&b).await.unwrap().create_record(&coll("users"), json!({"email": "b@x.example"}), None).await.unwrap().record;
-    env.store.tenant(&a).await.unwrap().create_record(&coll("users"), json!({"email": "a@x.example"}), None).await.unwrap();
-    env.store.update_tenant(a.tenant(), TenantPatch { status: Some(bulkhead_core::TenantStatus::Suspended), tier: None }).await.unwrap();
-    assert!(matches!(env.store.tenant(&a).await, Err(StoreError::TenantNotActive(_))));
-    env.store.update_tenant(a.tenant(), TenantPatch { status: Some(bulkhead_core::TenantStatus::Active), tier: None }).await.unwrap();
-    assert_eq!(env.store.tenant(&a).await.unwrap().query(&coll("users"), &[], None, 10).await.unwrap().items.len(), 1);
+    let rb = env
+        .store
+        .tenant(&b)
+        .await
+        .unwrap()
+        .create_record(&coll("users"), json!({"email": "b@x.example"}), None)
+        .await
+        .unwrap()
+        .record;
+    env.store
+        .tenant(&a)
+        .await
+        .unwrap()
+        .create_record(&coll("users"), json!({"email": "a@x.example"}), None)
+        .await
+        .unwrap();
+    env.store
+        .update_tenant(
+            a.tenant(),
+            TenantPatch {
+                status: Some(bulkhead_core::TenantStatus::Suspended),
+                tier: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        env.store.tenant(&a).await,
+        Err(StoreError::TenantNotActive(_))
+    ));
+    env.store
+        .update_tenant(
+            a.tenant(),
+            TenantPatch {
+                status: Some(bulkhead_core::TenantStatus::Active),
+                tier: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        env.store
+            .tenant(&a)
+            .await
+            .unwrap()
+            .query(&coll("users"), &[], None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
     let name = env.store.get_tenant(a.tenant()).await.unwrap().name;
     let purged = env.store.offboard(a.tenant()).await.unwrap();
     assert_eq!(purged, 1);
     assert!(env.store.tenant(&a).await.is_err());
     assert!(env.store.active_signing_key(a.tenant()).await.is_err());
     assert!(env.store.public_keys(a.tenant()).await.is_err());
-    assert_eq!(env.store.get_tenant(a.tenant()).await.unwrap().status, bulkhead_core::TenantStatus::Deleted);
+    assert_eq!(
+        env.store.get_tenant(a.tenant()).await.unwrap().status,
+        bulkhead_core::TenantStatus::Deleted
+    );
     // B is untouched.
-    assert_eq!(env.store.tenant(&b).await.unwrap().get_record(&coll("users"), rb.id).await.unwrap(), rb);
+    assert_eq!(
+        env.store
+            .tenant(&b)
+            .await
+            .unwrap()
+            .get_record(&coll("users"), rb.id)
+            .await
+            .unwrap(),
+        rb
+    );
     // The name is free again; the id is not reused.
-    let again = env.store.create_tenant(name.clone(), TierName::standard(), SigningAlg::ES256).await.unwrap();
+    let again = env
+        .store
+        .create_tenant(name.clone(), TierName::standard(), SigningAlg::ES256)
+        .await
+        .unwrap();
     assert_ne!(again.id, a.tenant());
-    match env.store.create_tenant(name, TierName::standard(), SigningAlg::EdDSA).await {
+    match env
+        .store
+        .create_tenant(name, TierName::standard(), SigningAlg::EdDSA)
+        .await
+    {
         Err(StoreError::NameTaken(_)) => {}
         other => panic!("expected NameTaken, got {other:?}"),
     }
-    assert_not_found!(env.store.offboard(a.tenant()).await);
+    // Offboarding again is a no-op that succeeds, so an interrupted offboarding can be retried.
+    assert_eq!(env.store.offboard(a.tenant()).await.unwrap(), 0);
+    assert_not_found!(env.store.offboard(TenantId::generate()).await);
 }
 
 pub async fn concurrent_writes_are_all_acknowledged<H: Harness>() {
@@ -408,7 +814,13 @@ pub async fn concurrent_writes_are_all_acknowledged<H: Harness>() {
         let a = a.clone();
         tasks.push(tokio::spawn(async move {
             let h = env.store.tenant(&a).await.unwrap();
-            h.create_record(&coll("users"), json!({"email": format!("{i}@x.example")}), None).await.map(|c| c.record.id)
+            h.create_record(
+                &coll("users"),
+                json!({"email": format!("{i}@x.example")}),
+                None,
+            )
+            .await
+            .map(|c| c.record.id)
         }));
     }
     let mut ids = BTreeSet::new();
@@ -416,27 +828,56 @@ pub async fn concurrent_writes_are_all_acknowledged<H: Harness>() {
         ids.insert(t.await.unwrap().unwrap());
     }
     let h = env.store.tenant(&a).await.unwrap();
-    let listed: BTreeSet<_> = h.query(&coll("users"), &[], None, 1000).await.unwrap().items.into_iter().map(|r| r.id).collect();
+    let listed: BTreeSet<_> = h
+        .query(&coll("users"), &[], None, 1000)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
     assert_eq!(listed, ids);
 }
 
 /// One step of the isolation property test.
 #[derive(Debug, Clone)]
 pub enum Op {
-    Create { tenant: usize, team: u8 },
-    Update { tenant: usize, pick: usize, team: u8 },
-    Delete { tenant: usize, pick: usize },
+    Create {
+        tenant: usize,
+        team: u8,
+    },
+    Update {
+        tenant: usize,
+        pick: usize,
+        team: u8,
+    },
+    Delete {
+        tenant: usize,
+        pick: usize,
+    },
     /// Tenant `tenant` tries to read a record it picks from *another* tenant.
-    Probe { tenant: usize, victim: usize, pick: usize },
+    Probe {
+        tenant: usize,
+        victim: usize,
+        pick: usize,
+    },
 }
 
 fn op_strategy(tenants: usize) -> impl proptest::strategy::Strategy<Value = Op> {
     use proptest::prelude::*;
     prop_oneof![
         (0..tenants, 0u8..3).prop_map(|(tenant, team)| Op::Create { tenant, team }),
-        (0..tenants, any::<usize>(), 0u8..3).prop_map(|(tenant, pick, team)| Op::Update { tenant, pick, team }),
+        (0..tenants, any::<usize>(), 0u8..3).prop_map(|(tenant, pick, team)| Op::Update {
+            tenant,
+            pick,
+            team
+        }),
         (0..tenants, any::<usize>()).prop_map(|(tenant, pick)| Op::Delete { tenant, pick }),
-        (0..tenants, 0..tenants, any::<usize>()).prop_map(|(tenant, victim, pick)| Op::Probe { tenant, victim, pick }),
+        (0..tenants, 0..tenants, any::<usize>()).prop_map(|(tenant, victim, pick)| Op::Probe {
+            tenant,
+            victim,
+            pick
+        }),
     ]
 }
 
@@ -444,9 +885,17 @@ fn op_strategy(tenants: usize) -> impl proptest::strategy::Strategy<Value = Op> 
 /// filters, reads) equals a model of its own writes, and nothing of another tenant is visible.
 pub fn prop_isolation<H: Harness>(cases: u32) {
     use proptest::test_runner::{Config, TestRunner};
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let env = rt.block_on(Env::<H>::new());
-    let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
     let strategy = proptest::collection::vec(op_strategy(3), 1..40);
     runner
         .run(&strategy, |ops| {
@@ -470,26 +919,59 @@ async fn run_ops<H: Harness>(env: &Env<H>, ops: Vec<Op>) {
         match op {
             Op::Create { tenant, team } => {
                 let h = env.store.tenant(&ctxs[tenant]).await.unwrap();
-                let r = h.create_record(&u, json!({"email": "p@x.example", "team": format!("t{team}")}), None).await.unwrap();
+                let r = h
+                    .create_record(
+                        &u,
+                        json!({"email": "p@x.example", "team": format!("t{team}")}),
+                        None,
+                    )
+                    .await
+                    .unwrap();
                 model[tenant].insert(r.record.id, team);
             }
             Op::Update { tenant, pick, team } => {
-                let Some(id) = nth(&model[tenant], pick) else { continue };
+                let Some(id) = nth(&model[tenant], pick) else {
+                    continue;
+                };
                 let h = env.store.tenant(&ctxs[tenant]).await.unwrap();
                 let cur = h.get_record(&u, id).await.unwrap();
-                h.update_record(&u, id, json!({"email": "p@x.example", "team": format!("t{team}")}), cur.version).await.unwrap();
+                h.update_record(
+                    &u,
+                    id,
+                    json!({"email": "p@x.example", "team": format!("t{team}")}),
+                    cur.version,
+                )
+                .await
+                .unwrap();
                 model[tenant].insert(id, team);
             }
             Op::Delete { tenant, pick } => {
-                let Some(id) = nth(&model[tenant], pick) else { continue };
-                env.store.tenant(&ctxs[tenant]).await.unwrap().delete_record(&u, id, None).await.unwrap();
+                let Some(id) = nth(&model[tenant], pick) else {
+                    continue;
+                };
+                env.store
+                    .tenant(&ctxs[tenant])
+                    .await
+                    .unwrap()
+                    .delete_record(&u, id, None)
+                    .await
+                    .unwrap();
                 model[tenant].remove(&id);
             }
-            Op::Probe { tenant, victim, pick } => {
-                let Some(id) = nth(&model[victim], pick) else { continue };
+            Op::Probe {
+                tenant,
+                victim,
+                pick,
+            } => {
+                let Some(id) = nth(&model[victim], pick) else {
+                    continue;
+                };
                 let h = env.store.tenant(&ctxs[tenant]).await.unwrap();
                 if tenant == victim {
-                    assert!(h.get_record(&u, id).await.is_ok(), "positive twin: own record readable");
+                    assert!(
+                        h.get_record(&u, id).await.is_ok(),
+                        "positive twin: own record readable"
+                    );
                 } else {
                     assert_not_found!(h.get_record(&u, id).await);
                     assert_not_found!(h.delete_record(&u, id, None).await);
@@ -499,7 +981,14 @@ async fn run_ops<H: Harness>(env: &Env<H>, ops: Vec<Op>) {
     }
     for (i, ctx) in ctxs.iter().enumerate() {
         let h = env.store.tenant(ctx).await.unwrap();
-        let all: BTreeSet<_> = h.query(&u, &[], None, 1000).await.unwrap().items.into_iter().map(|r| r.id).collect();
+        let all: BTreeSet<_> = h
+            .query(&u, &[], None, 1000)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(all, model[i].keys().copied().collect::<BTreeSet<_>>());
         for team in 0u8..3 {
             let got: BTreeSet<_> = h
@@ -510,14 +999,22 @@ async fn run_ops<H: Harness>(env: &Env<H>, ops: Vec<Op>) {
                 .into_iter()
                 .map(|r| r.id)
                 .collect();
-            let want: BTreeSet<_> = model[i].iter().filter(|(_, t)| **t == team).map(|(id, _)| *id).collect();
+            let want: BTreeSet<_> = model[i]
+                .iter()
+                .filter(|(_, t)| **t == team)
+                .map(|(id, _)| *id)
+                .collect();
             assert_eq!(got, want);
         }
     }
 }
 
 fn nth(m: &BTreeMap<RecordId, u8>, pick: usize) -> Option<RecordId> {
-    if m.is_empty() { None } else { m.keys().nth(pick % m.len()).copied() }
+    if m.is_empty() {
+        None
+    } else {
+        m.keys().nth(pick % m.len()).copied()
+    }
 }
 
 /// Generates one test per contract function for an adapter's [`Harness`].

@@ -58,7 +58,8 @@ impl From<BackendError> for StoreError {
     fn from(e: BackendError) -> Self {
         match e {
             BackendError::Unavailable(m) => StoreError::Unavailable(m),
-            BackendError::Conflict(m) => StoreError::NameTaken(m),
+            // A conflict a caller did not expect is a bug, not something to show a client.
+            BackendError::Conflict(m) => StoreError::Internal(format!("unexpected conflict: {m}")),
             BackendError::Other(m) => StoreError::Internal(m),
         }
     }

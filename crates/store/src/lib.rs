@@ -17,5 +17,5 @@ pub mod service;
 pub mod contract;
 
 pub use error::{BackendError, StoreError};
-pub use port::{Registry, RecordBackend, Scope};
+pub use port::{RecordBackend, Registry, Scope};
 pub use service::{Store, StoreConfig, TenantHandle};

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use bulkhead_core::crypto::WrappedKey;
 use bulkhead_core::tenant::Placement;
 use bulkhead_core::token::SigningAlg;
-use bulkhead_core::{CollectionName, KeyId, RecordId, Tenant, TenantId, TenantStatus, TierName, Timestamp};
+use bulkhead_core::{
+    CollectionName, KeyId, RecordId, Tenant, TenantId, TenantStatus, TierName, Timestamp,
+};
 
 use crate::BackendError;
 
@@ -72,11 +74,20 @@ pub trait Registry: Send + Sync + 'static {
 
     /// Creates a tenant with its first signing key, atomically. A name held by a tenant that
     /// is not deleted is a [`BackendError::Conflict`].
-    async fn create_tenant(&self, row: &TenantRow, key: &SigningKeyRow) -> Result<(), BackendError>;
+    async fn create_tenant(&self, row: &TenantRow, key: &SigningKeyRow)
+    -> Result<(), BackendError>;
     async fn tenant(&self, id: TenantId) -> Result<Option<TenantRow>, BackendError>;
     /// Tenants in id order, after `after`, at most `limit`.
-    async fn list_tenants(&self, after: Option<TenantId>, limit: usize) -> Result<Vec<Tenant>, BackendError>;
-    async fn update_tenant(&self, id: TenantId, patch: &TenantPatch) -> Result<Option<Tenant>, BackendError>;
+    async fn list_tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, BackendError>;
+    async fn update_tenant(
+        &self,
+        id: TenantId,
+        patch: &TenantPatch,
+    ) -> Result<Option<Tenant>, BackendError>;
     /// Offboards: marks the tenant deleted and destroys its wrapped root key and signing keys
     /// in one transaction. Returns `false` if the tenant does not exist.
     async fn shred_tenant(&self, id: TenantId) -> Result<bool, BackendError>;
@@ -153,9 +164,13 @@ pub enum InsertOutcome {
 #[derive(Debug, Clone)]
 pub enum WriteOutcome {
     /// Done; the record's creation time, as stored.
-    Written { created_at: Timestamp },
+    Written {
+        created_at: Timestamp,
+    },
     NotFound,
-    VersionMismatch { current: u64 },
+    VersionMismatch {
+        current: u64,
+    },
     StaleCollection,
 }
 
@@ -164,11 +179,24 @@ pub enum WriteOutcome {
 pub trait RecordBackend: Send + Sync + 'static {
     /// Creates or replaces a collection definition. `expected` is the version the caller read
     /// (`None`: must not exist yet). Returns `false` on a version race.
-    async fn put_collection(&self, s: &Scope, row: &CollectionRow, expected: Option<u64>) -> Result<bool, BackendError>;
-    async fn collection(&self, s: &Scope, name: &CollectionName) -> Result<Option<CollectionRow>, BackendError>;
+    async fn put_collection(
+        &self,
+        s: &Scope,
+        row: &CollectionRow,
+        expected: Option<u64>,
+    ) -> Result<bool, BackendError>;
+    async fn collection(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+    ) -> Result<Option<CollectionRow>, BackendError>;
     async fn collections(&self, s: &Scope) -> Result<Vec<CollectionRow>, BackendError>;
     /// Every record of a collection, for re-indexing after its indexes change.
-    async fn all_records(&self, s: &Scope, name: &CollectionName) -> Result<Vec<RecordRow>, BackendError>;
+    async fn all_records(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+    ) -> Result<Vec<RecordRow>, BackendError>;
     /// Replaces the blind index of the given records, if the collection is still at `collection_version`.
     async fn reindex(
         &self,
@@ -179,7 +207,12 @@ pub trait RecordBackend: Send + Sync + 'static {
     ) -> Result<bool, BackendError>;
 
     async fn insert(&self, s: &Scope, row: &InsertRow) -> Result<InsertOutcome, BackendError>;
-    async fn get(&self, s: &Scope, name: &CollectionName, id: RecordId) -> Result<Option<RecordRow>, BackendError>;
+    async fn get(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        id: RecordId,
+    ) -> Result<Option<RecordRow>, BackendError>;
     async fn update(&self, s: &Scope, row: &UpdateRow) -> Result<WriteOutcome, BackendError>;
     async fn delete(
         &self,

@@ -14,15 +14,15 @@ use bulkhead_core::schema::CompiledCollection;
 use bulkhead_core::tenant::Placement;
 use bulkhead_core::token::{PublicKey, SigningAlg, SigningKeyPair};
 use bulkhead_core::{
-    CollectionName, RecordId, Tenant, TenantContext, TenantId, TenantName, TenantStatus, TierName, Timestamp,
+    CollectionName, RecordId, Tenant, TenantContext, TenantId, TenantName, TenantStatus, TierName,
+    Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::port::{
-    CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow,
-    TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry,
+    Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
 };
 use crate::{BackendError, StoreError};
 
@@ -58,6 +58,7 @@ impl Default for StoreConfig {
 #[derive(Debug)]
 pub struct TenantState {
     pub tenant: Tenant,
+    placement: Placement,
     pub public_keys: Vec<PublicKey>,
     keys: Option<Arc<TenantKeys>>,
     loaded_at: Instant,
@@ -90,12 +91,15 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("cfg", &self.cfg).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
 /// The error [`Store::open`] gives when the master key is not the one the data was written with.
-pub const WRONG_MASTER_KEY: &str = "the master key does not match the one this storage was created with";
+pub const WRONG_MASTER_KEY: &str =
+    "the master key does not match the one this storage was created with";
 
 impl Store {
     /// Opens the store and checks that `master` is the key the stored data was written with.
@@ -142,22 +146,49 @@ impl Store {
     // ---- operator plane -------------------------------------------------------------------
 
     /// Onboards a tenant: a fresh root key (wrapped) and a fresh signing key.
-    pub async fn create_tenant(&self, name: TenantName, tier: TierName, alg: SigningAlg) -> Result<Tenant, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        name: TenantName,
+        tier: TierName,
+        alg: SigningAlg,
+    ) -> Result<Tenant, StoreError> {
         let id = TenantId::generate();
         let now = now();
-        let (wrapped_root, _) = self.master.new_tenant_root(id).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let (wrapped_root, _) = self
+            .master
+            .new_tenant_root(id)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let key = self.new_signing_key_row(id, alg, now)?;
-        let tenant = Tenant { id, name: name.clone(), tier, status: TenantStatus::Active, created_at: now };
-        let row = TenantRow { tenant: tenant.clone(), placement: Placement::Shared, wrapped_root: Some(wrapped_root) };
-        self.registry.create_tenant(&row, &key).await.map_err(|e| match e {
-            BackendError::Conflict(_) => StoreError::NameTaken(name.as_str().to_owned()),
-            other => other.into(),
-        })?;
+        let tenant = Tenant {
+            id,
+            name: name.clone(),
+            tier,
+            status: TenantStatus::Active,
+            created_at: now,
+        };
+        let row = TenantRow {
+            tenant: tenant.clone(),
+            placement: Placement::Shared,
+            wrapped_root: Some(wrapped_root),
+        };
+        self.registry
+            .create_tenant(&row, &key)
+            .await
+            .map_err(|e| match e {
+                BackendError::Conflict(_) => StoreError::NameTaken(name.as_str().to_owned()),
+                other => other.into(),
+            })?;
         Ok(tenant)
     }
 
-    fn new_signing_key_row(&self, id: TenantId, alg: SigningAlg, now: Timestamp) -> Result<SigningKeyRow, StoreError> {
-        let pair = SigningKeyPair::generate(id, alg).map_err(|e| StoreError::Internal(e.to_string()))?;
+    fn new_signing_key_row(
+        &self,
+        id: TenantId,
+        alg: SigningAlg,
+        now: Timestamp,
+    ) -> Result<SigningKeyRow, StoreError> {
+        let pair =
+            SigningKeyPair::generate(id, alg).map_err(|e| StoreError::Internal(e.to_string()))?;
         let wrapped = self
             .master
             .wrap_signing_key(id, &pair.public().kid, pair.pkcs8_der())
@@ -180,32 +211,50 @@ impl Store {
         }
     }
 
-    pub async fn list_tenants(&self, after: Option<TenantId>, limit: usize) -> Result<Vec<Tenant>, StoreError> {
+    pub async fn list_tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, StoreError> {
         Ok(self.registry.list_tenants(after, limit).await?)
     }
 
     /// Changes a tenant's status or tier. Deleted tenants cannot be changed back.
-    pub async fn update_tenant(&self, id: TenantId, patch: TenantPatch) -> Result<Tenant, StoreError> {
+    pub async fn update_tenant(
+        &self,
+        id: TenantId,
+        patch: TenantPatch,
+    ) -> Result<Tenant, StoreError> {
         let current = self.get_tenant(id).await?;
         if current.status == TenantStatus::Deleted {
             return Err(StoreError::NotFound);
         }
         if patch.status == Some(TenantStatus::Deleted) {
-            return Err(StoreError::Internal("deletion goes through offboard".into()));
+            return Err(StoreError::Internal(
+                "deletion goes through offboard".into(),
+            ));
         }
-        let updated = self.registry.update_tenant(id, &patch).await?.ok_or(StoreError::NotFound)?;
+        let updated = self
+            .registry
+            .update_tenant(id, &patch)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         self.tenants.remove(&id);
         Ok(updated)
     }
 
-    /// Offboards a tenant by crypto-shredding: its root and signing keys are destroyed first,
-    /// which makes every copy of its data unreadable, then its rows are purged.
+    /// Offboards a tenant by crypto-shredding: its wrapped root key and signing keys are
+    /// destroyed first (the live database can no longer decrypt anything of it), then its rows
+    /// are purged. Idempotent: offboarding a deleted tenant purges again, so an interrupted
+    /// offboarding can be retried. Backups taken earlier still hold the wrapped root key and
+    /// stay readable with the master key (see docs/threat-model.md).
     pub async fn offboard(&self, id: TenantId) -> Result<u64, StoreError> {
-        let row = self.registry.tenant(id).await?.ok_or(StoreError::NotFound)?;
-        if row.tenant.status == TenantStatus::Deleted {
-            return Err(StoreError::NotFound);
-        }
-        if !self.registry.shred_tenant(id).await? {
+        let row = self
+            .registry
+            .tenant(id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if row.tenant.status != TenantStatus::Deleted && !self.registry.shred_tenant(id).await? {
             return Err(StoreError::NotFound);
         }
         self.tenants.remove(&id);
@@ -221,11 +270,16 @@ impl Store {
             .master
             .unwrap_signing_key(id, &row.kid, &row.wrapped_private)
             .map_err(|e| StoreError::Integrity(format!("signing key of tenant {id}: {e}")))?;
-        SigningKeyPair::from_pkcs8(id, row.kid.clone(), row.alg, &der).map_err(|e| StoreError::Integrity(e.to_string()))
+        SigningKeyPair::from_pkcs8(id, row.kid.clone(), row.alg, &der)
+            .map_err(|e| StoreError::Integrity(e.to_string()))
     }
 
     /// Adds a new signing key and makes it the active one; older keys keep verifying.
-    pub async fn rotate_signing_key(&self, id: TenantId, alg: SigningAlg) -> Result<PublicKey, StoreError> {
+    pub async fn rotate_signing_key(
+        &self,
+        id: TenantId,
+        alg: SigningAlg,
+    ) -> Result<PublicKey, StoreError> {
         let t = self.get_tenant(id).await?;
         if t.status == TenantStatus::Deleted {
             return Err(StoreError::NotFound);
@@ -233,7 +287,12 @@ impl Store {
         let row = self.new_signing_key_row(id, alg, now())?;
         self.registry.add_signing_key(&row).await?;
         self.tenants.remove(&id);
-        Ok(PublicKey { tenant: id, kid: row.kid, alg, bytes: row.public })
+        Ok(PublicKey {
+            tenant: id,
+            kid: row.kid,
+            alg,
+            bytes: row.public,
+        })
     }
 
     /// The tenant's public keys (for JWKS). Deleted and unknown tenants have none.
@@ -246,33 +305,51 @@ impl Store {
 
     /// Cached tenant state for authentication. `None` for an unknown tenant.
     pub async fn tenant_state(&self, id: TenantId) -> Result<Option<Arc<TenantState>>, StoreError> {
-        if let Some(s) = self.tenants.get(&id) {
-            if s.loaded_at.elapsed() < self.cfg.cache_ttl {
-                return Ok(Some(s));
-            }
+        if let Some(s) = self.tenants.get(&id)
+            && s.loaded_at.elapsed() < self.cfg.cache_ttl
+        {
+            return Ok(Some(s));
         }
         let Some(row) = self.registry.tenant(id).await? else {
             return Ok(None);
         };
         let keys = match (&row.wrapped_root, row.tenant.status) {
-            (Some(w), TenantStatus::Active | TenantStatus::Suspended) => Some(Arc::new(
-                self.master
-                    .open_tenant_root(id, w)
-                    .map_err(|e| StoreError::Integrity(format!("root key of tenant {id}: {e}")))?,
-            )),
+            (Some(w), TenantStatus::Active | TenantStatus::Suspended) => {
+                Some(Arc::new(self.master.open_tenant_root(id, w).map_err(
+                    |e| StoreError::Integrity(format!("root key of tenant {id}: {e}")),
+                )?))
+            }
             _ => None,
         };
         let public_keys = if row.tenant.status == TenantStatus::Deleted {
             Vec::new()
         } else {
-            self.registry
-                .signing_keys(id)
-                .await?
-                .into_iter()
-                .map(|k| PublicKey { tenant: k.tenant, kid: k.kid, alg: k.alg, bytes: k.public })
-                .collect()
+            let mut out = Vec::new();
+            for k in self.registry.signing_keys(id).await? {
+                // INVARIANT: a verification key is derived from the private key, which is
+                // authenticated by the master key (AAD: tenant and kid). The stored public key
+                // is not trusted: someone who can write the database but lacks the master key
+                // cannot plant a key of their own.
+                let der = self
+                    .master
+                    .unwrap_signing_key(id, &k.kid, &k.wrapped_private)
+                    .map_err(|e| {
+                        StoreError::Integrity(format!("signing key of tenant {id}: {e}"))
+                    })?;
+                let pair = SigningKeyPair::from_pkcs8(id, k.kid, k.alg, &der).map_err(|e| {
+                    StoreError::Integrity(format!("signing key of tenant {id}: {e}"))
+                })?;
+                out.push(pair.public().clone());
+            }
+            out
         };
-        let state = Arc::new(TenantState { tenant: row.tenant, public_keys, keys, loaded_at: Instant::now() });
+        let state = Arc::new(TenantState {
+            placement: row.placement,
+            tenant: row.tenant,
+            public_keys,
+            keys,
+            loaded_at: Instant::now(),
+        });
         self.tenants.insert(id, state.clone());
         Ok(Some(state))
     }
@@ -286,16 +363,26 @@ impl Store {
         if state.tenant.status != TenantStatus::Active {
             return Err(StoreError::TenantNotActive(state.tenant.status));
         }
-        let keys = state.keys.clone().ok_or(StoreError::TenantNotActive(TenantStatus::Deleted))?;
+        let keys = state
+            .keys
+            .clone()
+            .ok_or(StoreError::TenantNotActive(TenantStatus::Deleted))?;
         // INVARIANT: the scope's tenant is the verified context's tenant, and nothing else.
-        Ok(TenantHandle { store: self, scope: Scope::new(id), keys, backend: self.shared.clone() })
+        Ok(TenantHandle {
+            store: self,
+            scope: Scope::new(id),
+            keys,
+            // The tenant's data lives where its placement says.
+            backend: self.backend(&state.placement).clone(),
+        })
     }
 }
 
 fn now() -> Timestamp {
     // Stored times have microsecond precision on every backend.
     let t = Timestamp::now_utc();
-    t.replace_nanosecond(t.nanosecond() / 1000 * 1000).unwrap_or(t)
+    t.replace_nanosecond(t.nanosecond() / 1000 * 1000)
+        .unwrap_or(t)
 }
 
 /// A record as the API returns it.
@@ -368,7 +455,9 @@ pub struct TenantHandle<'s> {
 
 impl std::fmt::Debug for TenantHandle<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantHandle").field("tenant", &self.scope.tenant()).finish_non_exhaustive()
+        f.debug_struct("TenantHandle")
+            .field("tenant", &self.scope.tenant())
+            .finish_non_exhaustive()
     }
 }
 
@@ -385,7 +474,9 @@ impl TenantHandle<'_> {
         let plain = self
             .keys
             .open_meta(&Self::definition_label(&row.name), &row.sealed_definition)
-            .map_err(|_| StoreError::Integrity(format!("definition of collection `{}`", row.name)))?;
+            .map_err(|_| {
+                StoreError::Integrity(format!("definition of collection `{}`", row.name))
+            })?;
         serde_json::from_slice(&plain).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
@@ -393,8 +484,14 @@ impl TenantHandle<'_> {
         let def = self.open_definition(row)?;
         // A stored definition was valid when written; compile with generous bounds so a later
         // tightening of limits does not make existing collections unreadable.
-        let compiled = CompiledCollection::compile(row.name.clone(), def.schema, &def.indexes, usize::MAX, usize::MAX)
-            .map_err(|e| StoreError::Internal(format!("stored definition of `{}`: {e}", row.name)))?;
+        let compiled = CompiledCollection::compile(
+            row.name.clone(),
+            def.schema,
+            &def.indexes,
+            usize::MAX,
+            usize::MAX,
+        )
+        .map_err(|e| StoreError::Internal(format!("stored definition of `{}`: {e}", row.name)))?;
         Ok(CachedCollection {
             row_version: row.version,
             compiled,
@@ -405,16 +502,23 @@ impl TenantHandle<'_> {
     }
 
     /// The collection's compiled definition, from cache when fresh.
-    async fn collection(&self, name: &CollectionName, fresh: bool) -> Result<Arc<CachedCollection>, StoreError> {
+    async fn collection(
+        &self,
+        name: &CollectionName,
+        fresh: bool,
+    ) -> Result<Arc<CachedCollection>, StoreError> {
         let key = (self.scope.tenant(), name.clone());
-        if !fresh {
-            if let Some(c) = self.store.collections.get(&key) {
-                if c.loaded_at.elapsed() < self.store.cfg.cache_ttl {
-                    return Ok(c);
-                }
-            }
+        if !fresh
+            && let Some(c) = self.store.collections.get(&key)
+            && c.loaded_at.elapsed() < self.store.cfg.cache_ttl
+        {
+            return Ok(c);
         }
-        let row = self.backend.collection(&self.scope, name).await?.ok_or(StoreError::NotFound)?;
+        let row = self
+            .backend
+            .collection(&self.scope, name)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         let c = Arc::new(self.compile(&row)?);
         self.store.collections.insert(key, c.clone());
         Ok(c)
@@ -425,7 +529,12 @@ impl TenantHandle<'_> {
             name: name.clone(),
             version: c.row_version,
             schema: c.compiled.schema.clone(),
-            indexes: c.compiled.indexes.iter().map(|i| i.field.as_str().to_owned()).collect(),
+            indexes: c
+                .compiled
+                .indexes
+                .iter()
+                .map(|i| i.field.as_str().to_owned())
+                .collect(),
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
@@ -440,8 +549,17 @@ impl TenantHandle<'_> {
         indexes: Vec<String>,
     ) -> Result<(CollectionInfo, bool), StoreError> {
         let lim = &self.store.cfg.limits;
-        let compiled = CompiledCollection::compile(name.clone(), schema, &indexes, lim.max_indexes, lim.max_schema_bytes)?;
-        let def = Definition { schema: compiled.schema.clone(), indexes };
+        let compiled = CompiledCollection::compile(
+            name.clone(),
+            schema,
+            &indexes,
+            lim.max_indexes,
+            lim.max_schema_bytes,
+        )?;
+        let def = Definition {
+            schema: compiled.schema.clone(),
+            indexes,
+        };
         let plain = serde_json::to_vec(&def).map_err(|e| StoreError::Internal(e.to_string()))?;
         let sealed = self
             .keys
@@ -453,7 +571,12 @@ impl TenantHandle<'_> {
             let (expected, version, created_at, old_indexes) = match &existing {
                 Some(row) => {
                     let old = self.open_definition(row)?;
-                    (Some(row.version), row.version.saturating_add(1), row.created_at, old.indexes)
+                    (
+                        Some(row.version),
+                        row.version.saturating_add(1),
+                        row.created_at,
+                        old.indexes,
+                    )
                 }
                 None => (None, 1, now, Vec::new()),
             };
@@ -464,27 +587,52 @@ impl TenantHandle<'_> {
                 created_at,
                 updated_at: now,
             };
-            if !self.backend.put_collection(&self.scope, &row, expected).await? {
+            if !self
+                .backend
+                .put_collection(&self.scope, &row, expected)
+                .await?
+            {
                 continue;
             }
-            self.store.collections.remove(&(self.scope.tenant(), name.clone()));
-            if existing.is_some() && old_indexes != def.indexes && !self.reindex(name, version, &compiled).await? {
+            self.store
+                .collections
+                .remove(&(self.scope.tenant(), name.clone()));
+            if existing.is_some()
+                && old_indexes != def.indexes
+                && !self.reindex(name, version, &compiled).await?
+            {
                 // Someone changed the collection again meanwhile; their write re-indexes.
             }
-            let cached = CachedCollection { row_version: version, compiled, created_at, updated_at: now, loaded_at: Instant::now() };
+            let cached = CachedCollection {
+                row_version: version,
+                compiled,
+                created_at,
+                updated_at: now,
+                loaded_at: Instant::now(),
+            };
             return Ok((self.info(name, &cached), existing.is_none()));
         }
-        Err(StoreError::Unavailable("collection kept changing during the update; retry".into()))
+        Err(StoreError::Unavailable(
+            "collection kept changing during the update; retry".into(),
+        ))
     }
 
-    async fn reindex(&self, name: &CollectionName, version: u64, compiled: &CompiledCollection) -> Result<bool, StoreError> {
+    async fn reindex(
+        &self,
+        name: &CollectionName,
+        version: u64,
+        compiled: &CompiledCollection,
+    ) -> Result<bool, StoreError> {
         let rows = self.backend.all_records(&self.scope, name).await?;
         let mut entries = Vec::with_capacity(rows.len());
         for row in rows {
             let data = self.decrypt(&row)?;
             entries.push((row.id, self.tokens(name, compiled, &data)));
         }
-        Ok(self.backend.reindex(&self.scope, name, version, &entries).await?)
+        Ok(self
+            .backend
+            .reindex(&self.scope, name, version, &entries)
+            .await?)
     }
 
     pub async fn list_collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
@@ -504,7 +652,10 @@ impl TenantHandle<'_> {
         Ok(out)
     }
 
-    pub async fn get_collection(&self, name: &CollectionName) -> Result<CollectionInfo, StoreError> {
+    pub async fn get_collection(
+        &self,
+        name: &CollectionName,
+    ) -> Result<CollectionInfo, StoreError> {
         let c = self.collection(name, true).await?;
         Ok(self.info(name, &c))
     }
@@ -513,24 +664,41 @@ impl TenantHandle<'_> {
         let lim = &self.store.cfg.limits;
         let depth = json_depth(data);
         if depth > lim.max_json_depth {
-            return Err(StoreError::TooDeep { max: lim.max_json_depth });
+            return Err(StoreError::TooDeep {
+                max: lim.max_json_depth,
+            });
         }
         let plain = serde_json::to_vec(data).map_err(|e| StoreError::Internal(e.to_string()))?;
         if plain.len() > lim.max_record_bytes {
-            return Err(StoreError::RecordTooLarge { max: lim.max_record_bytes });
+            return Err(StoreError::RecordTooLarge {
+                max: lim.max_record_bytes,
+            });
         }
         Ok(plain)
     }
 
     fn tokens(&self, name: &CollectionName, c: &CompiledCollection, data: &Value) -> Vec<[u8; 16]> {
-        c.index_terms(data).into_iter().map(|(f, t)| self.keys.blind_index(name, f, &t)).collect()
+        c.index_terms(data)
+            .into_iter()
+            .map(|(f, t)| self.keys.blind_index(name, f, &t))
+            .collect()
     }
 
     fn decrypt(&self, row: &RecordRow) -> Result<Value, StoreError> {
-        let place = RecordPlace { collection: &row.collection, record: row.id, version: row.version };
-        let plain = self.keys.open_record(&place, &row.ciphertext).map_err(|_| {
-            StoreError::Integrity(format!("record {} of collection `{}` failed authentication", row.id, row.collection))
-        })?;
+        let place = RecordPlace {
+            collection: &row.collection,
+            record: row.id,
+            version: row.version,
+        };
+        let plain = self
+            .keys
+            .open_record(&place, &row.ciphertext)
+            .map_err(|_| {
+                StoreError::Integrity(format!(
+                    "record {} of collection `{}` failed authentication",
+                    row.id, row.collection
+                ))
+            })?;
         serde_json::from_slice(&plain).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
@@ -555,59 +723,110 @@ impl TenantHandle<'_> {
         let plain = self.check_limits(&data)?;
         let idem = idem.map(|i| {
             let key = self.keys.keyed_digest(b"idempotency-key", i.key.as_bytes());
-            let mut h = Sha256::new();
-            h.update(name.as_str().as_bytes());
-            h.update([0]);
-            h.update(i.body_digest);
-            (key, <[u8; 32]>::from(h.finalize()))
+            // Keyed, so a copy of the database cannot confirm a guessed request body.
+            let mut request = Vec::with_capacity(name.as_str().len() + 33);
+            request.extend_from_slice(name.as_str().as_bytes());
+            request.push(0);
+            request.extend_from_slice(&i.body_digest);
+            (
+                key,
+                self.keys.keyed_digest(b"idempotency-request", &request),
+            )
         });
         let mut fresh = false;
         for _ in 0..STALE_RETRIES {
             let c = self.collection(name, fresh).await?;
-            c.compiled.validate(&data, MAX_VIOLATIONS).map_err(StoreError::Invalid)?;
+            c.compiled
+                .validate(&data, MAX_VIOLATIONS)
+                .map_err(StoreError::Invalid)?;
             let id = RecordId::generate();
             let now = now();
-            let place = RecordPlace { collection: name, record: id, version: 1 };
-            let ciphertext = self.keys.seal_record(&place, &plain).map_err(|e| StoreError::Internal(e.to_string()))?;
-            let record = Record { id, version: 1, data: data.clone(), created_at: now, updated_at: now };
+            let place = RecordPlace {
+                collection: name,
+                record: id,
+                version: 1,
+            };
+            let ciphertext = self
+                .keys
+                .seal_record(&place, &plain)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            let record = Record {
+                id,
+                version: 1,
+                data: data.clone(),
+                created_at: now,
+                updated_at: now,
+            };
             let idempotency = match &idem {
                 Some((key, request)) => {
-                    let response = serde_json::to_vec(&record).map_err(|e| StoreError::Internal(e.to_string()))?;
+                    let response = serde_json::to_vec(&record)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?;
                     let sealed_response = self
                         .keys
                         .seal_meta(&[b"idempotency", key], &response)
                         .map_err(|e| StoreError::Internal(e.to_string()))?;
-                    Some(IdempotencyRow { key: *key, request: *request, sealed_response, expires_at: now + self.store.cfg.idempotency_ttl })
+                    Some(IdempotencyRow {
+                        key: *key,
+                        request: *request,
+                        sealed_response,
+                        expires_at: now + self.store.cfg.idempotency_ttl,
+                    })
                 }
                 None => None,
             };
             let row = InsertRow {
-                record: RecordRow { collection: name.clone(), id, version: 1, ciphertext, created_at: now, updated_at: now },
+                record: RecordRow {
+                    collection: name.clone(),
+                    id,
+                    version: 1,
+                    ciphertext,
+                    created_at: now,
+                    updated_at: now,
+                },
                 collection_version: c.row_version,
                 index: self.tokens(name, &c.compiled, &data),
                 idempotency,
             };
             match self.backend.insert(&self.scope, &row).await? {
-                InsertOutcome::Inserted => return Ok(Created { record, replayed: false }),
+                InsertOutcome::Inserted => {
+                    return Ok(Created {
+                        record,
+                        replayed: false,
+                    });
+                }
                 InsertOutcome::Replayed(sealed) => {
                     let key = idem.as_ref().map(|(k, _)| *k).unwrap_or_default();
                     let plain = self
                         .keys
                         .open_meta(&[b"idempotency", &key], &sealed)
                         .map_err(|_| StoreError::Integrity("stored idempotent response".into()))?;
-                    let record: Record = serde_json::from_slice(&plain).map_err(|e| StoreError::Internal(e.to_string()))?;
-                    return Ok(Created { record, replayed: true });
+                    let record: Record = serde_json::from_slice(&plain)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?;
+                    return Ok(Created {
+                        record,
+                        replayed: true,
+                    });
                 }
                 InsertOutcome::KeyReused => return Err(StoreError::IdempotencyConflict),
                 InsertOutcome::StaleCollection => fresh = true,
             }
         }
-        Err(StoreError::Unavailable("collection kept changing during the write; retry".into()))
+        Err(StoreError::Unavailable(
+            "collection kept changing during the write; retry".into(),
+        ))
     }
 
     /// Reads one record. Missing and foreign records are the same [`StoreError::NotFound`].
-    pub async fn get_record(&self, name: &CollectionName, id: RecordId) -> Result<Record, StoreError> {
-        let row = self.backend.get(&self.scope, name, id).await?.ok_or(StoreError::NotFound)?;
+    pub async fn get_record(
+        &self,
+        name: &CollectionName,
+        id: RecordId,
+    ) -> Result<Record, StoreError> {
+        let row = self
+            .backend
+            .get(&self.scope, name, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
         self.to_record(&row)
     }
 
@@ -623,35 +842,70 @@ impl TenantHandle<'_> {
         let mut fresh = false;
         for _ in 0..STALE_RETRIES {
             let c = self.collection(name, fresh).await?;
-            c.compiled.validate(&data, MAX_VIOLATIONS).map_err(StoreError::Invalid)?;
-            let version = expected.checked_add(1).ok_or(StoreError::VersionMismatch { current: expected })?;
+            c.compiled
+                .validate(&data, MAX_VIOLATIONS)
+                .map_err(StoreError::Invalid)?;
+            let version = expected
+                .checked_add(1)
+                .ok_or(StoreError::VersionMismatch { current: expected })?;
             let now = now();
-            let place = RecordPlace { collection: name, record: id, version };
-            let ciphertext = self.keys.seal_record(&place, &plain).map_err(|e| StoreError::Internal(e.to_string()))?;
+            let place = RecordPlace {
+                collection: name,
+                record: id,
+                version,
+            };
+            let ciphertext = self
+                .keys
+                .seal_record(&place, &plain)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
             let row = UpdateRow {
-                record: RecordRow { collection: name.clone(), id, version, ciphertext, created_at: now, updated_at: now },
+                record: RecordRow {
+                    collection: name.clone(),
+                    id,
+                    version,
+                    ciphertext,
+                    created_at: now,
+                    updated_at: now,
+                },
                 expected_version: expected,
                 collection_version: c.row_version,
                 index: self.tokens(name, &c.compiled, &data),
             };
             match self.backend.update(&self.scope, &row).await? {
                 WriteOutcome::Written { created_at } => {
-                    return Ok(Record { id, version, data, created_at, updated_at: now });
+                    return Ok(Record {
+                        id,
+                        version,
+                        data,
+                        created_at,
+                        updated_at: now,
+                    });
                 }
                 WriteOutcome::NotFound => return Err(StoreError::NotFound),
-                WriteOutcome::VersionMismatch { current } => return Err(StoreError::VersionMismatch { current }),
+                WriteOutcome::VersionMismatch { current } => {
+                    return Err(StoreError::VersionMismatch { current });
+                }
                 WriteOutcome::StaleCollection => fresh = true,
             }
         }
-        Err(StoreError::Unavailable("collection kept changing during the write; retry".into()))
+        Err(StoreError::Unavailable(
+            "collection kept changing during the write; retry".into(),
+        ))
     }
 
     /// Deletes a record; with `expected`, only if that is its current version.
-    pub async fn delete_record(&self, name: &CollectionName, id: RecordId, expected: Option<u64>) -> Result<(), StoreError> {
+    pub async fn delete_record(
+        &self,
+        name: &CollectionName,
+        id: RecordId,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
         match self.backend.delete(&self.scope, name, id, expected).await? {
             WriteOutcome::Written { .. } => Ok(()),
             WriteOutcome::NotFound | WriteOutcome::StaleCollection => Err(StoreError::NotFound),
-            WriteOutcome::VersionMismatch { current } => Err(StoreError::VersionMismatch { current }),
+            WriteOutcome::VersionMismatch { current } => {
+                Err(StoreError::VersionMismatch { current })
+            }
         }
     }
 
@@ -673,12 +927,22 @@ impl TenantHandle<'_> {
             Some(s) => Some(RecordId::parse(s).map_err(|_| StoreError::BadCursor)?),
             None => None,
         };
-        let limit = limit.clamp(1, self.store.cfg.limits.max_page_size);
-        let mut rows = self.backend.query(&self.scope, name, &tokens, after, limit.saturating_add(1)).await?;
+        let limit = limit.clamp(1, self.store.cfg.limits.max_page_size.max(1));
+        let mut rows = self
+            .backend
+            .query(&self.scope, name, &tokens, after, limit.saturating_add(1))
+            .await?;
         let more = rows.len() > limit;
         rows.truncate(limit);
-        let items = rows.iter().map(|r| self.to_record(r)).collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if more { items.last().map(|r| r.id.to_string()) } else { None };
+        let items = rows
+            .iter()
+            .map(|r| self.to_record(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if more {
+            items.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
         Ok(Page { items, next_cursor })
     }
 }

@@ -92,14 +92,20 @@ pub struct RotateKey {
 fn signing_alg(s: Option<&str>) -> Result<SigningAlg, ApiError> {
     match s {
         None => Ok(SigningAlg::EdDSA),
-        Some(a) => SigningAlg::parse(a).ok_or_else(|| ApiError::BadRequest("signing algorithm must be `EdDSA` or `ES256`".into())),
+        Some(a) => SigningAlg::parse(a).ok_or_else(|| {
+            ApiError::BadRequest("signing algorithm must be `EdDSA` or `ES256`".into())
+        }),
     }
 }
 
 fn tier(st: &AppState, s: &str) -> Result<bulkhead_core::TierName, ApiError> {
     st.config.tier(s).ok_or_else(|| {
         let known: Vec<&str> = st.config.tiers.iter().map(String::as_str).collect();
-        ApiError::BadRequest(format!("unknown tier `{}`: use one of {}", s.chars().take(32).collect::<String>(), known.join(", ")))
+        ApiError::BadRequest(format!(
+            "unknown tier `{}`: use one of {}",
+            s.chars().take(32).collect::<String>(),
+            known.join(", ")
+        ))
     })
 }
 
@@ -107,7 +113,11 @@ fn tier(st: &AppState, s: &str) -> Result<bulkhead_core::TierName, ApiError> {
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant,
     responses((status = 201, body = Tenant), (status = 400, body = Problem), (status = 409, body = Problem)),
     security(("operator_token" = [])))]
-async fn create_tenant(_: Operator, State(st): State<AppState>, body: JsonBody<CreateTenant>) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+async fn create_tenant(
+    _: Operator,
+    State(st): State<AppState>,
+    body: JsonBody<CreateTenant>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     let b = body.value;
     let name = TenantName::parse(&b.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let tier = tier(&st, b.tier.as_deref().unwrap_or("standard"))?;
@@ -122,19 +132,36 @@ async fn create_tenant(_: Operator, State(st): State<AppState>, body: JsonBody<C
     params(("limit" = Option<usize>, Query, description = "1-1000, default 100"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = TenantList), (status = 400, body = Problem)),
     security(("operator_token" = [])))]
-async fn list_tenants(_: Operator, State(st): State<AppState>, QueryPairs(q): QueryPairs) -> Result<Json<TenantList>, ApiError> {
+async fn list_tenants(
+    _: Operator,
+    State(st): State<AppState>,
+    QueryPairs(q): QueryPairs,
+) -> Result<Json<TenantList>, ApiError> {
     let (mut limit, mut after) = (100, None);
     for (k, v) in q {
         match k.as_str() {
             "limit" => limit = parse_limit(&v, MAX_TENANT_PAGE)?,
-            "cursor" => after = Some(tenant_id(&v).map_err(|_| ApiError::BadRequest("`cursor` is not a cursor this API returned".into()))?),
-            _ => return Err(ApiError::BadRequest(format!("unknown query parameter `{}`", k.chars().take(64).collect::<String>()))),
+            "cursor" => {
+                after = Some(tenant_id(&v).map_err(|_| {
+                    ApiError::BadRequest("`cursor` is not a cursor this API returned".into())
+                })?)
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter `{}`",
+                    k.chars().take(64).collect::<String>()
+                )));
+            }
         }
     }
     let mut items = st.store.list_tenants(after, limit + 1).await?;
     let more = items.len() > limit;
     items.truncate(limit);
-    let next_cursor = if more { items.last().map(|t| t.id.to_string()) } else { None };
+    let next_cursor = if more {
+        items.last().map(|t| t.id.to_string())
+    } else {
+        None
+    };
     Ok(Json(TenantList { items, next_cursor }))
 }
 
@@ -142,7 +169,11 @@ async fn list_tenants(_: Operator, State(st): State<AppState>, QueryPairs(q): Qu
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}", tag = "tenants", params(("tenant_id" = String, Path)),
     responses((status = 200, body = Tenant), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
-async fn get_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>) -> Result<Json<Tenant>, ApiError> {
+async fn get_tenant(
+    _: Operator,
+    State(st): State<AppState>,
+    P(id): P<String>,
+) -> Result<Json<Tenant>, ApiError> {
     Ok(Json(st.store.get_tenant(tenant_id(&id)?).await?))
 }
 
@@ -151,17 +182,29 @@ async fn get_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>) -
     request_body = PatchTenant,
     responses((status = 200, body = Tenant), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
-async fn patch_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>, body: JsonBody<PatchTenant>) -> Result<Json<Tenant>, ApiError> {
+async fn patch_tenant(
+    _: Operator,
+    State(st): State<AppState>,
+    P(id): P<String>,
+    body: JsonBody<PatchTenant>,
+) -> Result<Json<Tenant>, ApiError> {
     let id = tenant_id(&id)?;
     let b = body.value;
     let status = match b.status.as_deref() {
         None => None,
         Some("active") => Some(TenantStatus::Active),
         Some("suspended") => Some(TenantStatus::Suspended),
-        Some(_) => return Err(ApiError::BadRequest("`status` must be `active` or `suspended` (offboard with DELETE)".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "`status` must be `active` or `suspended` (offboard with DELETE)".into(),
+            ));
+        }
     };
     let tier = b.tier.as_deref().map(|t| tier(&st, t)).transpose()?;
-    let t = st.store.update_tenant(id, TenantPatch { status, tier }).await?;
+    let t = st
+        .store
+        .update_tenant(id, TenantPatch { status, tier })
+        .await?;
     tracing::info!(tenant = %t.id, status = t.status.as_str(), tier = %t.tier, "tenant updated");
     Ok(Json(t))
 }
@@ -171,7 +214,11 @@ async fn patch_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>,
 #[utoipa::path(delete, path = "/v1/tenants/{tenant_id}", tag = "tenants", params(("tenant_id" = String, Path)),
     responses((status = 204, description = "Offboarded"), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
-async fn delete_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>) -> Result<StatusCode, ApiError> {
+async fn delete_tenant(
+    _: Operator,
+    State(st): State<AppState>,
+    P(id): P<String>,
+) -> Result<StatusCode, ApiError> {
     let id = tenant_id(&id)?;
     let purged = st.store.offboard(id).await?;
     tracing::info!(tenant = %id, purged_records = purged, "tenant offboarded");
@@ -183,15 +230,26 @@ async fn delete_tenant(_: Operator, State(st): State<AppState>, P(id): P<String>
     request_body = MintToken,
     responses((status = 201, body = MintedToken), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
-async fn mint_token(_: Operator, State(st): State<AppState>, P(id): P<String>, body: JsonBody<MintToken>) -> Result<(StatusCode, Json<MintedToken>), ApiError> {
+async fn mint_token(
+    _: Operator,
+    State(st): State<AppState>,
+    P(id): P<String>,
+    body: JsonBody<MintToken>,
+) -> Result<(StatusCode, Json<MintedToken>), ApiError> {
     let id = tenant_id(&id)?;
     let b = body.value;
     let subject = Subject::parse(&b.subject).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let roles = Roles::from_slice(&b.roles).ok_or_else(|| ApiError::BadRequest("`roles` must name at least one of admin, member, reader".into()))?;
+    let roles = Roles::from_slice(&b.roles).ok_or_else(|| {
+        ApiError::BadRequest("`roles` must name at least one of admin, member, reader".into())
+    })?;
     let max = st.auth.verifier().settings().max_ttl_secs;
-    let ttl = b.ttl_seconds.unwrap_or(st.config.default_token_ttl_secs.min(max));
+    let ttl = b
+        .ttl_seconds
+        .unwrap_or(st.config.default_token_ttl_secs.min(max));
     if ttl == 0 || ttl > max {
-        return Err(ApiError::BadRequest(format!("`ttl_seconds` must be from 1 to {max}")));
+        return Err(ApiError::BadRequest(format!(
+            "`ttl_seconds` must be from 1 to {max}"
+        )));
     }
     let tenant = st.store.get_tenant(id).await?;
     match tenant.status {
@@ -203,7 +261,15 @@ async fn mint_token(_: Operator, State(st): State<AppState>, P(id): P<String>, b
     let (token, expires_at) = st
         .auth
         .verifier()
-        .mint(&key, &MintRequest { subject, roles, ttl_secs: ttl }, st.auth.now())
+        .mint(
+            &key,
+            &MintRequest {
+                subject,
+                roles,
+                ttl_secs: ttl,
+            },
+            st.auth.now(),
+        )
         .map_err(|e| {
             tracing::error!(error = %e, "minting failed");
             ApiError::Internal
@@ -218,7 +284,12 @@ async fn mint_token(_: Operator, State(st): State<AppState>, P(id): P<String>, b
     request_body = RotateKey,
     responses((status = 201, description = "The new public key as a JWK", body = Object), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
-async fn rotate_key(_: Operator, State(st): State<AppState>, P(id): P<String>, body: JsonBody<RotateKey>) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+async fn rotate_key(
+    _: Operator,
+    State(st): State<AppState>,
+    P(id): P<String>,
+    body: JsonBody<RotateKey>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let id = tenant_id(&id)?;
     let alg = signing_alg(body.value.alg.as_deref())?;
     let key = st.store.rotate_signing_key(id, alg).await?;

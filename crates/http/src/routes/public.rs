@@ -13,7 +13,10 @@ use crate::problem::ApiError;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(jwks))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(jwks))
 }
 
 /// Liveness: the process is serving HTTP.
@@ -32,7 +35,10 @@ async fn readyz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
 /// A tenant's public signing keys (RFC 7517), and no other tenant's.
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/jwks.json", tag = "tenants", params(("tenant_id" = String, Path)),
     responses((status = 200, body = Object), (status = 404, body = Problem)))]
-async fn jwks(State(st): State<AppState>, P(id): P<String>) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn jwks(
+    State(st): State<AppState>,
+    P(id): P<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let keys = st.store.public_keys(tenant_id(&id)?).await?;
     let keys: Vec<Value> = keys.iter().map(|k| k.to_jwk()).collect();
     Ok((StatusCode::OK, Json(json!({ "keys": keys }))))

@@ -59,7 +59,10 @@ pub struct RecordBody {
 #[utoipa::path(get, path = "/v1/collections", tag = "collections",
     responses((status = 200, body = CollectionList), (status = 401, body = Problem)),
     security(("tenant_token" = [])))]
-async fn list_collections(caller: Caller, State(st): State<AppState>) -> Result<Json<CollectionList>, ApiError> {
+async fn list_collections(
+    caller: Caller,
+    State(st): State<AppState>,
+) -> Result<Json<CollectionList>, ApiError> {
     let ctx = caller.require(Action::ListCollections)?;
     let items = st.store.tenant(ctx).await?.list_collections().await?;
     Ok(Json(CollectionList { items }))
@@ -84,9 +87,21 @@ async fn put_collection(
     let ctx = caller.require(Action::ManageCollection)?;
     let name = collection_name(&name)?;
     let PutCollection { schema, indexes } = body.value;
-    let (info, created) = st.store.tenant(ctx).await?.put_collection(&name, schema, indexes).await?;
+    let (info, created) = st
+        .store
+        .tenant(ctx)
+        .await?
+        .put_collection(&name, schema, indexes)
+        .await?;
     tracing::info!(collection = %name, version = info.version, created, "collection defined");
-    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(info)))
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(info),
+    ))
 }
 
 /// Reads a collection definition.
@@ -94,19 +109,27 @@ async fn put_collection(
     params(("name" = String, Path)),
     responses((status = 200, body = CollectionInfo), (status = 404, body = Problem)),
     security(("tenant_token" = [])))]
-async fn get_collection(caller: Caller, State(st): State<AppState>, P(name): P<String>) -> Result<Json<CollectionInfo>, ApiError> {
+async fn get_collection(
+    caller: Caller,
+    State(st): State<AppState>,
+    P(name): P<String>,
+) -> Result<Json<CollectionInfo>, ApiError> {
     let ctx = caller.require(Action::ListCollections)?;
     let name = collection_name(&name)?;
-    Ok(Json(st.store.tenant(ctx).await?.get_collection(&name).await?))
+    Ok(Json(
+        st.store.tenant(ctx).await?.get_collection(&name).await?,
+    ))
 }
 
 fn etag(version: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
 fn record_response(status: StatusCode, record: &Record) -> Response {
     let mut resp = (status, Json(record)).into_response();
-    resp.headers_mut().insert(header::ETAG, etag(record.version));
+    resp.headers_mut()
+        .insert(header::ETAG, etag(record.version));
     resp
 }
 
@@ -120,7 +143,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Vec<u64>>, ApiError> {
         let s = v.to_str().map_err(|_| bad_if_match())?;
         for part in s.split(',') {
             let p = part.trim();
-            let p = p.strip_prefix('"').and_then(|p| p.strip_suffix('"')).unwrap_or(p);
+            let p = p
+                .strip_prefix('"')
+                .and_then(|p| p.strip_suffix('"'))
+                .unwrap_or(p);
             versions.push(p.parse::<u64>().map_err(|_| bad_if_match())?);
         }
     }
@@ -128,16 +154,24 @@ fn if_match(headers: &HeaderMap) -> Result<Option<Vec<u64>>, ApiError> {
 }
 
 fn bad_if_match() -> ApiError {
-    ApiError::BadRequest("`If-Match` must be the record's ETag (e.g. `\"3\"`) or its version number".into())
+    ApiError::BadRequest(
+        "`If-Match` must be the record's ETag (e.g. `\"3\"`) or its version number".into(),
+    )
 }
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
-    let Some(v) = headers.get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
     match v.to_str() {
-        Ok(s) if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(s)),
-        _ => Err(ApiError::BadRequest("`Idempotency-Key` must be 1-255 visible ASCII characters".into())),
+        Ok(s) if !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(s))
+        }
+        _ => Err(ApiError::BadRequest(
+            "`Idempotency-Key` must be 1-255 visible ASCII characters".into(),
+        )),
     }
 }
 
@@ -162,15 +196,24 @@ async fn create_record(
     let ctx = caller.require(Action::WriteRecord)?;
     let name = collection_name(&name)?;
     let key = idempotency_key(&headers)?;
-    let idem = key.map(|key| Idempotency { key, body_digest: Sha256::digest(&body.raw).into() });
-    let created = st.store.tenant(ctx).await?.create_record(&name, body.value.data, idem).await?;
+    let idem = key.map(|key| Idempotency {
+        key,
+        body_digest: Sha256::digest(&body.raw).into(),
+    });
+    let created = st
+        .store
+        .tenant(ctx)
+        .await?
+        .create_record(&name, body.value.data, idem)
+        .await?;
     let mut resp = record_response(StatusCode::CREATED, &created.record);
     let location = format!("/v1/collections/{name}/records/{}", created.record.id);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
     if created.replayed {
-        resp.headers_mut().insert("idempotency-replayed", HeaderValue::from_static("true"));
+        resp.headers_mut()
+            .insert("idempotency-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
 }
@@ -201,12 +244,19 @@ async fn list_records(
                 Some(field) => filters.push((field.to_owned(), v)),
                 None => {
                     let k: String = k.chars().take(64).collect();
-                    return Err(ApiError::BadRequest(format!("unknown query parameter `{k}`: use `limit`, `cursor` or `where.<field>`")));
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown query parameter `{k}`: use `limit`, `cursor` or `where.<field>`"
+                    )));
                 }
             },
         }
     }
-    let page = st.store.tenant(ctx).await?.query(&name, &filters, cursor.as_deref(), limit).await?;
+    let page = st
+        .store
+        .tenant(ctx)
+        .await?
+        .query(&name, &filters, cursor.as_deref(), limit)
+        .await?;
     Ok(Json(page))
 }
 
@@ -215,7 +265,11 @@ async fn list_records(
     params(("name" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = Record, headers(("ETag" = String))), (status = 404, body = Problem)),
     security(("tenant_token" = [])))]
-async fn get_record(caller: Caller, State(st): State<AppState>, P((name, id)): P<(String, String)>) -> Result<Response, ApiError> {
+async fn get_record(
+    caller: Caller,
+    State(st): State<AppState>,
+    P((name, id)): P<(String, String)>,
+) -> Result<Response, ApiError> {
     let ctx = caller.require(Action::ReadRecord)?;
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
     let record = st.store.tenant(ctx).await?.get_record(&name, id).await?;
@@ -251,7 +305,9 @@ async fn put_record(
             current
         }
     };
-    let record = h.update_record(&name, id, body.value.data, expected).await?;
+    let record = h
+        .update_record(&name, id, body.value.data, expected)
+        .await?;
     Ok(record_response(StatusCode::OK, &record))
 }
 
@@ -271,8 +327,16 @@ async fn delete_record(
     let expected = match if_match(&headers)? {
         None => None,
         Some(v) if v.len() == 1 => v.first().copied(),
-        Some(_) => return Err(ApiError::BadRequest("`If-Match` on delete takes one version".into())),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "`If-Match` on delete takes one version".into(),
+            ));
+        }
     };
-    st.store.tenant(ctx).await?.delete_record(&name, id, expected).await?;
+    st.store
+        .tenant(ctx)
+        .await?
+        .delete_record(&name, id, expected)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

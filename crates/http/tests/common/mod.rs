@@ -1,0 +1,229 @@
+//! A real Bulkhead server on `127.0.0.1:0` for HTTP-level tests, and a small client for it.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test support"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use bulkhead_core::crypto::MasterKey;
+use bulkhead_core::token::{TokenSettings, Verifier};
+use bulkhead_core::{TenantId, Timestamp};
+use bulkhead_http::auth::OperatorCredential;
+use bulkhead_http::{AppState, HttpConfig};
+use bulkhead_store::{Store, StoreConfig};
+use bulkhead_store_sqlite::SqliteStore;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+/// A running server with a clock the test controls.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub state: AppState,
+    /// Seconds added to the real clock.
+    pub clock_offset: Arc<AtomicI64>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _dir: tempfile::TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A response, decoded.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: hyper::HeaderMap,
+    pub body: Value,
+    pub raw: Bytes,
+}
+
+impl Resp {
+    pub fn problem_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("")
+    }
+}
+
+pub fn settings() -> TokenSettings {
+    TokenSettings {
+        issuer: "https://bulkhead.test".into(),
+        audience: "bulkhead".into(),
+        leeway_secs: 30,
+        max_token_bytes: 8192,
+        max_ttl_secs: 86_400,
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = SqliteStore::open(dir.path(), 4).unwrap();
+        let store = Arc::new(
+            Store::open(
+                Arc::new(sqlite.clone()),
+                Arc::new(sqlite),
+                MasterKey::generate(),
+                StoreConfig::default(),
+            )
+            .await
+            .unwrap(),
+        );
+        let offset = Arc::new(AtomicI64::new(0));
+        let o = offset.clone();
+        let clock = Arc::new(move || {
+            Timestamp::now_utc() + time::Duration::seconds(o.load(Ordering::SeqCst))
+        });
+        let state = AppState::with_clock(
+            store.clone(),
+            Verifier::new(settings()),
+            OperatorCredential::from_hash(OperatorCredential::hash(ADMIN)),
+            HttpConfig::default(),
+            clock,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = bulkhead_http::app(state.clone());
+        tokio::spawn(async move {
+            bulkhead_http::serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Self {
+            addr,
+            store,
+            state,
+            clock_offset: offset,
+            client,
+            _dir: dir,
+            _shutdown: tx,
+        }
+    }
+
+    /// Sends a request; `body` as JSON when given. `headers` are extra headers.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let raw = body.map(|b| serde_json::to_vec(&b).unwrap());
+        self.call_raw(method, path, token, raw, "application/json", headers)
+            .await
+    }
+
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        content_type: &str,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.addr, path));
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            b = b.header("content-type", content_type);
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .unwrap();
+        let resp = self.client.request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let raw = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Resp {
+            status,
+            headers,
+            body,
+            raw,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call("GET", path, Some(token), None, &[]).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call("POST", path, Some(token), Some(body), &[]).await
+    }
+
+    /// Onboards a tenant through the operator API.
+    pub async fn tenant(&self, name: &str) -> TenantId {
+        let r = self
+            .post("/v1/tenants", ADMIN, json!({ "name": name }))
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        TenantId::parse(r.body["id"].as_str().unwrap()).unwrap()
+    }
+
+    /// Mints a token through the operator API.
+    pub async fn token(&self, tenant: TenantId, roles: &[&str]) -> String {
+        let r = self
+            .post(
+                &format!("/v1/tenants/{tenant}/tokens"),
+                ADMIN,
+                json!({ "subject": "user-1", "roles": roles, "ttl_seconds": 600 }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A tenant with a `notes` collection (indexed on `title`) and an admin token.
+    pub async fn tenant_with_notes(&self, name: &str) -> (TenantId, String) {
+        let t = self.tenant(name).await;
+        let tok = self.token(t, &["admin"]).await;
+        let r = self
+            .call(
+                "PUT",
+                "/v1/collections/notes",
+                Some(&tok),
+                Some(json!({
+                    "schema": {"type": "object", "properties": {"title": {"type": "string"}, "body": {"type": "string"}, "n": {"type": "integer"}}, "required": ["title"]},
+                    "indexes": ["title", "n"]
+                })),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        (t, tok)
+    }
+
+    pub async fn note(&self, token: &str, title: &str) -> Value {
+        let r = self
+            .post(
+                "/v1/collections/notes/records",
+                token,
+                json!({"data": {"title": title}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body
+    }
+}

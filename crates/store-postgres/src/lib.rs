@@ -1,0 +1,623 @@
+//! Bulkhead's PostgreSQL storage adapter.
+//!
+//! Two walls keep tenants apart here:
+//!
+//! 1. **The application's scoping** (the first wall, shared with every adapter): every
+//!    statement on a tenant-owned table filters `tenant_id = $1`, bound from the caller's
+//!    [`Scope`], and `tenant_id` leads every key and index.
+//! 2. **Row-level security** (the second wall, PostgreSQL's own): the tenant-owned tables
+//!    (`collections`, `records`, `record_index`, `idempotency`) have RLS enabled and forced,
+//!    with a policy that shows and accepts only rows of the tenant named by the transaction's
+//!    `bulkhead.tenant_id` setting. Every tenant operation runs in a transaction that sets it
+//!    (transaction-local) to the scope's tenant; without it the tables read as empty and
+//!    refuse writes. So a statement that forgot its filter still cannot reach another tenant.
+//!
+//! The second wall only stands if the role the queries run as cannot bypass RLS. Tenant
+//! traffic runs as `bulkhead_app` (created by the migrations: no login, no superuser, no
+//! BYPASSRLS, owns nothing): either the URL's user narrowed with `SET ROLE` on every new
+//! pooled connection ([`PostgresStore::connect`]), or an application login role that is a
+//! member of `bulkhead_app` ([`PostgresStore::connect_app`]). Every new connection is checked
+//! before use, and refused if its role is a superuser, has BYPASSRLS or owns a table. With
+//! `SET ROLE`, the session user can still `RESET ROLE`; only this adapter's SQL runs on those
+//! connections, but deployments that want the wall to hold against injected SQL as well
+//! should use `connect_app` with a role that has no way back.
+//!
+//! The registry tables (`settings`, `tenants`, `signing_keys`) are platform tables: they are
+//! read before a tenant context exists (to authenticate a request), so they have no RLS.
+//!
+//! Performance: a transaction's `BEGIN`, `set_config`, statement and `COMMIT` are pipelined
+//! (see `Conn::transaction` in `conn.rs`): one round trip, like a bare statement (measured by
+//! `tests/pipelining.rs`). Multi-step writes are one call each to a plpgsql function
+//! (SECURITY INVOKER, so RLS applies inside).
+
+mod conn;
+mod migrate;
+mod sql;
+
+use async_trait::async_trait;
+use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, TierName};
+use bulkhead_store::BackendError;
+use bulkhead_store::port::{
+    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
+    SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+};
+use deadpool_postgres::Pool;
+use uuid::Uuid;
+
+use crate::conn::{Conn, Identity, Mode};
+use crate::sql::{col, micros, sql_limit, sql_version};
+
+pub use crate::conn::APP_ROLE;
+
+/// The PostgreSQL adapter: a pool of connections running as `bulkhead_app`. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("status", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Applies the schema migrations, as the URL's user, who owns the tables (and so must
+    /// not be the role tenant traffic runs as: see [`PostgresStore::connect`]). Safe to call
+    /// from several instances at once. The user needs CREATEROLE (or a superuser) the first
+    /// time, to create `bulkhead_app`.
+    pub async fn migrate(url: &str) -> Result<(), BackendError> {
+        migrate::migrate(url).await
+    }
+
+    /// Connects a pool of `pool_size` connections as the URL's user, each narrowed to
+    /// `bulkhead_app` with `SET ROLE` as it is made, so tenant traffic is subject to
+    /// row-level security even when the URL's user is the tables' owner or a superuser.
+    /// Fails if the database is unreachable, not migrated, or the effective role could
+    /// bypass row-level security.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, BackendError> {
+        Self::open(url, pool_size, Identity::SetRole).await
+    }
+
+    /// Connects a pool of `pool_size` connections as the URL's user, as it is: for
+    /// deployments that give the application its own LOGIN role (a member of `bulkhead_app`,
+    /// or with the same grants). Refused if that role is a superuser, has BYPASSRLS, or owns
+    /// (or is a member of the owner of) any Bulkhead table.
+    pub async fn connect_app(url: &str, pool_size: usize) -> Result<Self, BackendError> {
+        Self::open(url, pool_size, Identity::AsIs).await
+    }
+
+    async fn open(url: &str, pool_size: usize, identity: Identity) -> Result<Self, BackendError> {
+        let pool = conn::pool(url, pool_size, identity)?;
+        // Make (and check) the first connection now, so a misconfiguration fails at start.
+        drop(Conn::get(&pool).await?);
+        Ok(Self { pool })
+    }
+
+    /// A pooled connection as the application role, with no tenant set: row-level security
+    /// shows it no tenant rows. It escapes the scoping of [`RecordBackend`] (hence the name),
+    /// so it is for diagnostics and for tests of the second wall, never for serving requests.
+    /// It goes back to the pool when dropped: leave it as you found it (no open transaction,
+    /// no session-level tenant setting; [`RecordBackend::ping`] reports the latter).
+    pub async fn unscoped_client(&self) -> Result<deadpool_postgres::Object, BackendError> {
+        self.pool.get().await.map_err(|e| {
+            BackendError::Unavailable(format!("no database connection available: {e}"))
+        })
+    }
+
+    async fn conn(&self) -> Result<Conn, BackendError> {
+        Conn::get(&self.pool).await
+    }
+}
+
+#[async_trait]
+impl Registry for PostgresStore {
+    async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::SETTING]).await?;
+        let row = conn.run(conn.client()?.query_opt(&st, &[&name])).await?;
+        row.map(|r| col(&r, 0)).transpose()
+    }
+
+    async fn init_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::INIT_SETTING]).await?;
+        let row = conn
+            .run(conn.client()?.query_one(&st, &[&name, &value]))
+            .await?;
+        col(&row, 0)
+    }
+
+    async fn set_setting(&self, name: &str, value: &[u8]) -> Result<(), BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::SET_SETTING]).await?;
+        conn.run(conn.client()?.execute(&st, &[&name, &value]))
+            .await
+            .map(drop)
+    }
+
+    async fn create_tenant(
+        &self,
+        row: &TenantRow,
+        key: &SigningKeyRow,
+    ) -> Result<(), BackendError> {
+        let t = &row.tenant;
+        if key.tenant != t.id {
+            return Err(BackendError::Other(
+                "the signing key belongs to another tenant".into(),
+            ));
+        }
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::CREATE_TENANT]).await?;
+        conn.run(conn.client()?.execute(
+            &st,
+            &[
+                &t.id.as_uuid(),
+                &t.name.as_str(),
+                &t.tier.as_str(),
+                &t.status.as_str(),
+                &row.placement.as_str(),
+                &row.wrapped_root.as_ref().map(|w| w.as_bytes()),
+                &micros(t.created_at),
+                &key.kid.as_str(),
+                &key.alg.as_str(),
+                &key.public.as_slice(),
+                &key.wrapped_private.as_bytes(),
+                &micros(key.created_at),
+                &key.active,
+            ],
+        ))
+        .await
+        .map(drop)
+    }
+
+    async fn tenant(&self, id: TenantId) -> Result<Option<TenantRow>, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::TENANT]).await?;
+        let row = conn
+            .run(conn.client()?.query_opt(&st, &[&id.as_uuid()]))
+            .await?;
+        row.map(|r| sql::tenant_row(&r)).transpose()
+    }
+
+    async fn list_tenants(
+        &self,
+        after: Option<TenantId>,
+        limit: usize,
+    ) -> Result<Vec<Tenant>, BackendError> {
+        let after = after.map_or(sql::START, |a| a.as_uuid());
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::LIST_TENANTS]).await?;
+        let rows = conn
+            .run(conn.client()?.query(&st, &[&after, &sql_limit(limit)]))
+            .await?;
+        rows.iter().map(sql::tenant).collect()
+    }
+
+    async fn update_tenant(
+        &self,
+        id: TenantId,
+        patch: &TenantPatch,
+    ) -> Result<Option<Tenant>, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::UPDATE_TENANT]).await?;
+        let row = conn
+            .run(conn.client()?.query_opt(
+                &st,
+                &[
+                    &id.as_uuid(),
+                    &patch.status.map(TenantStatus::as_str),
+                    &patch.tier.as_ref().map(TierName::as_str),
+                ],
+            ))
+            .await?;
+        row.map(|r| sql::tenant(&r)).transpose()
+    }
+
+    async fn shred_tenant(&self, id: TenantId) -> Result<bool, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::SHRED_TENANT]).await?;
+        let n = conn
+            .run(conn.client()?.execute(&st, &[&id.as_uuid()]))
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn signing_keys(&self, id: TenantId) -> Result<Vec<SigningKeyRow>, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::SIGNING_KEYS]).await?;
+        let rows = conn
+            .run(conn.client()?.query(&st, &[&id.as_uuid()]))
+            .await?;
+        rows.iter().map(|r| sql::signing_key(id, r)).collect()
+    }
+
+    async fn add_signing_key(&self, key: &SigningKeyRow) -> Result<(), BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::ADD_SIGNING_KEY]).await?;
+        conn.run(conn.client()?.execute(
+            &st,
+            &[
+                &key.tenant.as_uuid(),
+                &key.kid.as_str(),
+                &key.alg.as_str(),
+                &key.public.as_slice(),
+                &key.wrapped_private.as_bytes(),
+                &micros(key.created_at),
+                &key.active,
+            ],
+        ))
+        .await
+        .map(drop)
+    }
+}
+
+/// The outcome column of the record functions.
+fn outcome(row: &tokio_postgres::Row) -> Result<String, BackendError> {
+    col(row, 0)
+}
+
+fn unknown_outcome(o: &str) -> BackendError {
+    BackendError::Other(format!("unknown write outcome `{o}`"))
+}
+
+/// A record function's answer for update and delete.
+fn write_outcome(row: &tokio_postgres::Row) -> Result<WriteOutcome, BackendError> {
+    let o = outcome(row)?;
+    let current = || -> Result<u64, BackendError> { sql::version(col(row, 1)?) };
+    match o.as_str() {
+        "written" => Ok(WriteOutcome::Written {
+            created_at: sql::from_micros(col(row, 2)?)?,
+        }),
+        "not_found" => Ok(WriteOutcome::NotFound),
+        "version_mismatch" => Ok(WriteOutcome::VersionMismatch {
+            current: current()?,
+        }),
+        "stale_collection" => Ok(WriteOutcome::StaleCollection),
+        other => Err(unknown_outcome(other)),
+    }
+}
+
+#[async_trait]
+impl RecordBackend for PostgresStore {
+    async fn put_collection(
+        &self,
+        s: &Scope,
+        row: &CollectionRow,
+        expected: Option<u64>,
+    ) -> Result<bool, BackendError> {
+        // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
+        let t = s.tenant();
+        let conn = self.conn().await?;
+        let version = sql_version(row.version)?;
+        let created = micros(row.created_at);
+        let updated = micros(row.updated_at);
+        let n = match expected {
+            None => {
+                let (tx, [st]) = conn
+                    .prepare_tx(Mode::Write, [sql::CREATE_COLLECTION])
+                    .await?;
+                conn.transaction(
+                    &tx,
+                    t,
+                    conn.client()?.execute(
+                        &st,
+                        &[
+                            &t.as_uuid(),
+                            &row.name.as_str(),
+                            &version,
+                            &row.sealed_definition.as_slice(),
+                            &created,
+                            &updated,
+                        ],
+                    ),
+                )
+                .await?
+            }
+            Some(expected) => {
+                let expected = sql_version(expected)?;
+                let (tx, [st]) = conn
+                    .prepare_tx(Mode::Write, [sql::REPLACE_COLLECTION])
+                    .await?;
+                conn.transaction(
+                    &tx,
+                    t,
+                    conn.client()?.execute(
+                        &st,
+                        &[
+                            &t.as_uuid(),
+                            &row.name.as_str(),
+                            &version,
+                            &row.sealed_definition.as_slice(),
+                            &created,
+                            &updated,
+                            &expected,
+                        ],
+                    ),
+                )
+                .await?
+            }
+        };
+        Ok(n == 1)
+    }
+
+    async fn collection(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+    ) -> Result<Option<CollectionRow>, BackendError> {
+        // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
+        let t = s.tenant();
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::COLLECTION]).await?;
+        let row = conn
+            .transaction(
+                &tx,
+                t,
+                conn.client()?
+                    .query_opt(&st, &[&t.as_uuid(), &name.as_str()]),
+            )
+            .await?;
+        row.map(|r| sql::collection(&r)).transpose()
+    }
+
+    async fn collections(&self, s: &Scope) -> Result<Vec<CollectionRow>, BackendError> {
+        // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
+        let t = s.tenant();
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::COLLECTIONS]).await?;
+        let rows = conn
+            .transaction(&tx, t, conn.client()?.query(&st, &[&t.as_uuid()]))
+            .await?;
+        rows.iter().map(sql::collection).collect()
+    }
+
+    async fn all_records(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+    ) -> Result<Vec<RecordRow>, BackendError> {
+        self.query(s, name, &[], None, usize::MAX).await
+    }
+
+    async fn reindex(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        collection_version: u64,
+        entries: &[(RecordId, Vec<IndexToken>)],
+    ) -> Result<bool, BackendError> {
+        // INVARIANT: the tenant is the scope's, passed as `p_tenant` and set for RLS.
+        let t = s.tenant();
+        let ids: Vec<Uuid> = entries.iter().map(|(id, _)| id.as_uuid()).collect();
+        let mut token_ids = Vec::new();
+        let mut tokens: Vec<&[u8]> = Vec::new();
+        for (id, toks) in entries {
+            for tok in toks {
+                token_ids.push(id.as_uuid());
+                tokens.push(tok.as_slice());
+            }
+        }
+        let version = sql_version(collection_version)?;
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::REINDEX]).await?;
+        let row = conn
+            .transaction(
+                &tx,
+                t,
+                conn.client()?.query_one(
+                    &st,
+                    &[
+                        &t.as_uuid(),
+                        &name.as_str(),
+                        &version,
+                        &ids,
+                        &token_ids,
+                        &tokens,
+                    ],
+                ),
+            )
+            .await?;
+        col(&row, 0)
+    }
+
+    async fn insert(&self, s: &Scope, row: &InsertRow) -> Result<InsertOutcome, BackendError> {
+        // INVARIANT: the tenant is the scope's, passed as `p_tenant` and set for RLS.
+        let t = s.tenant();
+        let rec = &row.record;
+        let tokens: Vec<&[u8]> = row.index.iter().map(|t| t.as_slice()).collect();
+        let idem = row.idempotency.as_ref();
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::INSERT_RECORD]).await?;
+        let out = conn
+            .transaction(
+                &tx,
+                t,
+                conn.client()?.query_one(
+                    &st,
+                    &[
+                        &t.as_uuid(),
+                        &rec.collection.as_str(),
+                        &rec.id.as_uuid(),
+                        &sql_version(rec.version)?,
+                        &rec.ciphertext.as_slice(),
+                        &micros(rec.created_at),
+                        &micros(rec.updated_at),
+                        &sql_version(row.collection_version)?,
+                        &tokens,
+                        &idem.map(|i| i.key.as_slice()),
+                        &idem.map(|i| i.request.as_slice()),
+                        &idem.map(|i| i.sealed_response.as_slice()),
+                        &idem.map(|i| micros(i.expires_at)),
+                    ],
+                ),
+            )
+            .await?;
+        match outcome(&out)?.as_str() {
+            "inserted" => Ok(InsertOutcome::Inserted),
+            "replayed" => Ok(InsertOutcome::Replayed(col(&out, 1)?)),
+            "key_reused" => Ok(InsertOutcome::KeyReused),
+            "stale_collection" => Ok(InsertOutcome::StaleCollection),
+            other => Err(unknown_outcome(other)),
+        }
+    }
+
+    async fn get(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        id: RecordId,
+    ) -> Result<Option<RecordRow>, BackendError> {
+        // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
+        let t = s.tenant();
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::GET_RECORD]).await?;
+        let row = conn
+            .transaction(
+                &tx,
+                t,
+                conn.client()?
+                    .query_opt(&st, &[&t.as_uuid(), &name.as_str(), &id.as_uuid()]),
+            )
+            .await?;
+        row.map(|r| sql::record(&r)).transpose()
+    }
+
+    async fn update(&self, s: &Scope, row: &UpdateRow) -> Result<WriteOutcome, BackendError> {
+        // INVARIANT: the tenant is the scope's, passed as `p_tenant` and set for RLS.
+        let t = s.tenant();
+        let rec = &row.record;
+        let tokens: Vec<&[u8]> = row.index.iter().map(|t| t.as_slice()).collect();
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::UPDATE_RECORD]).await?;
+        let out = conn
+            .transaction(
+                &tx,
+                t,
+                conn.client()?.query_one(
+                    &st,
+                    &[
+                        &t.as_uuid(),
+                        &rec.collection.as_str(),
+                        &rec.id.as_uuid(),
+                        &sql_version(rec.version)?,
+                        &rec.ciphertext.as_slice(),
+                        &micros(rec.updated_at),
+                        &sql_version(row.expected_version)?,
+                        &sql_version(row.collection_version)?,
+                        &tokens,
+                    ],
+                ),
+            )
+            .await?;
+        write_outcome(&out)
+    }
+
+    async fn delete(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        id: RecordId,
+        expected: Option<u64>,
+    ) -> Result<WriteOutcome, BackendError> {
+        // INVARIANT: the tenant is the scope's, passed as `p_tenant` and set for RLS.
+        let t = s.tenant();
+        let expected = expected.map(sql_version).transpose()?;
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::DELETE_RECORD]).await?;
+        let out = conn
+            .transaction(
+                &tx,
+                t,
+                conn.client()?.query_one(
+                    &st,
+                    &[&t.as_uuid(), &name.as_str(), &id.as_uuid(), &expected],
+                ),
+            )
+            .await?;
+        write_outcome(&out)
+    }
+
+    async fn query(
+        &self,
+        s: &Scope,
+        name: &CollectionName,
+        all_of: &[IndexToken],
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, BackendError> {
+        // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
+        let t = s.tenant();
+        let after = after.map_or(sql::START, |a| a.as_uuid());
+        let limit = sql_limit(limit);
+        let conn = self.conn().await?;
+        let rows = match all_of.split_first() {
+            None => {
+                let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::LIST_RECORDS]).await?;
+                conn.transaction(
+                    &tx,
+                    t,
+                    conn.client()?
+                        .query(&st, &[&t.as_uuid(), &name.as_str(), &after, &limit]),
+                )
+                .await?
+            }
+            Some((first, rest)) => {
+                let rest: Vec<&[u8]> = rest.iter().map(|t| t.as_slice()).collect();
+                let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::FILTER_RECORDS]).await?;
+                conn.transaction(
+                    &tx,
+                    t,
+                    conn.client()?.query(
+                        &st,
+                        &[
+                            &t.as_uuid(),
+                            &name.as_str(),
+                            &first.as_slice(),
+                            &after,
+                            &rest,
+                            &limit,
+                        ],
+                    ),
+                )
+                .await?
+            }
+        };
+        rows.iter().map(sql::record).collect()
+    }
+
+    async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {
+        // The one unscoped door: the tenant comes from offboarding, not from a scope. It is
+        // still set for RLS, so this deletes that tenant's rows and no others.
+        let conn = self.conn().await?;
+        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::PURGE_TENANT]).await?;
+        let row = conn
+            .transaction(
+                &tx,
+                tenant,
+                conn.client()?.query_one(&st, &[&tenant.as_uuid()]),
+            )
+            .await?;
+        let n: i64 = col(&row, 0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::TENANT_SETTING]).await?;
+        let row = conn.run(conn.client()?.query_one(&st, &[])).await?;
+        let setting: String = col(&row, 0)?;
+        if setting.is_empty() {
+            Ok(())
+        } else {
+            // Cannot happen while every tenant setting is transaction-local; if it ever does,
+            // this connection is not reused.
+            conn.discard();
+            Err(BackendError::Other(
+                "a pooled connection carries a tenant setting outside a transaction".into(),
+            ))
+        }
+    }
+}
