@@ -85,6 +85,10 @@ pub struct StorageConfig {
     pub pool_size: usize,
     /// How long to keep retrying an unreachable database at start before giving up.
     pub connect_timeout_seconds: u64,
+    /// Apply PostgreSQL migrations when `serve` starts (as `url`'s user). Turn off when the
+    /// serving instances should not hold the owner's credentials; run `bulkhead migrate`
+    /// separately then.
+    pub migrate_on_start: bool,
     /// File holding the master key (unpadded base64url of 32 bytes). Default:
     /// `<data_dir>/master.key`, generated on first start. `BULKHEAD_MASTER_KEY` wins over it.
     pub master_key_file: Option<PathBuf>,
@@ -154,6 +158,7 @@ impl Default for StorageConfig {
             app_url: None,
             pool_size: 16,
             connect_timeout_seconds: 30,
+            migrate_on_start: true,
             master_key_file: None,
             sqlite_readers: 8,
             idempotency_hours: 24,

@@ -147,11 +147,13 @@ pub async fn open_storage(
             .with_context(|| format!("cannot open the database in `{}`", cfg.data_dir.display()))?;
         return Ok((Arc::new(sqlite.clone()), Arc::new(sqlite)));
     };
-    migrate_postgres(
-        url,
-        Duration::from_secs(cfg.storage.connect_timeout_seconds),
-    )
-    .await?;
+    if cfg.storage.migrate_on_start {
+        migrate_postgres(
+            url,
+            Duration::from_secs(cfg.storage.connect_timeout_seconds),
+        )
+        .await?;
+    }
     let pg = match cfg.storage.app_url.as_deref() {
         Some(app) => PostgresStore::connect_app(app, cfg.storage.pool_size).await,
         None => PostgresStore::connect(url, cfg.storage.pool_size).await,
@@ -178,7 +180,7 @@ pub async fn migrate_postgres(url: &str, patience: Duration) -> anyhow::Result<(
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 attempt += 1;
             }
-            Err(e) => bail!("cannot migrate the PostgreSQL database: {e}"),
+            Err(e) => bail!("cannot reach or migrate the PostgreSQL database: {e}"),
         }
     }
 }

@@ -16,7 +16,14 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. Keep the guard alive until the process ends.
 pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // The PostgreSQL driver reports server notices ("relation … already exists, skipping")
+    // at info; they are noise unless asked for.
+    let directives = if level.contains("tokio_postgres") {
+        level.to_owned()
+    } else {
+        format!("{level},tokio_postgres=warn")
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(directives));
     // The background writer drains every queued line into this buffer, then flushes once:
     // one write(2) per burst rather than one per line.
     let (writer, guard) =
@@ -28,6 +35,7 @@ pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
             ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder

@@ -110,7 +110,7 @@ impl Authenticator {
         };
         // Unknown and deleted tenants have no keys: the token's key is unknown.
         let state = self.store.tenant_state(tenant).await.map_err(Err)?;
-        let Some(state) = state.filter(|s| s.tenant.status != TenantStatus::Deleted) else {
+        let Some(mut state) = state.filter(|s| s.tenant.status != TenantStatus::Deleted) else {
             return Err(Ok(AuthFailure::Token(TokenError::UnknownKey)));
         };
         let ctx = match cached {
@@ -133,6 +133,17 @@ impl Authenticator {
                     .verifier
                     .inspect(token)
                     .map_err(|e| Ok(AuthFailure::Token(e)))?;
+                // A key rotated on another instance may be newer than the cached state: look
+                // again, at most once a second per tenant.
+                if state.key(&claimed.kid).is_none() {
+                    state = self
+                        .store
+                        .tenant_state_younger_than(tenant, std::time::Duration::from_secs(1))
+                        .await
+                        .map_err(Err)?
+                        .filter(|s| s.tenant.status != TenantStatus::Deleted)
+                        .ok_or(Ok(AuthFailure::Token(TokenError::UnknownKey)))?;
+                }
                 let key = state
                     .key(&claimed.kid)
                     .ok_or(Ok(AuthFailure::Token(TokenError::UnknownKey)))?;

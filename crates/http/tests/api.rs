@@ -1,4 +1,7 @@
 //! The API's behaviour on good and bad input, through the real HTTP server.
+//!
+//! Every test runs on both storage backends (`sqlite::…` and `postgres::…`, see
+//! `common::both_backends!`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -11,12 +14,19 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{ADMIN, TestApp};
+use common::{ADMIN, Backend, TestApp, both_backends};
 use serde_json::{Value, json};
 
-#[tokio::test]
-async fn record_lifecycle_with_etags() {
-    let app = TestApp::spawn().await;
+both_backends!(
+    record_lifecycle_with_etags,
+    bad_input_gets_clear_problems_and_writes_nothing,
+    operator_api_validates_and_paginates,
+    openapi_documents_every_route,
+    pagination_over_http_is_stable,
+);
+
+async fn record_lifecycle_with_etags(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, t) = app.tenant_with_notes("a").await;
     let created = app
         .call(
@@ -101,9 +111,8 @@ async fn record_lifecycle_with_etags() {
     assert_eq!(app.get(&path, &t).await.status, 404);
 }
 
-#[tokio::test]
-async fn bad_input_gets_clear_problems_and_writes_nothing() {
-    let app = TestApp::spawn().await;
+async fn bad_input_gets_clear_problems_and_writes_nothing(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, t) = app.tenant_with_notes("a").await;
     let recs = "/v1/collections/notes/records";
     let check = |r: &common::Resp, status: u16, slug: &str| {
@@ -293,9 +302,8 @@ async fn bad_input_gets_clear_problems_and_writes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn operator_api_validates_and_paginates() {
-    let app = TestApp::spawn().await;
+async fn operator_api_validates_and_paginates(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let r = app
         .post(
             "/v1/tenants",
@@ -378,9 +386,8 @@ async fn operator_api_validates_and_paginates() {
     assert_eq!(app.get("/v1/tenants/not-a-uuid", ADMIN).await.status, 400);
 }
 
-#[tokio::test]
-async fn openapi_documents_every_route() {
-    let app = TestApp::spawn().await;
+async fn openapi_documents_every_route(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let r = app.get("/openapi.json", "").await;
     assert_eq!(r.status, 200);
     assert!(r.body["openapi"].as_str().unwrap().starts_with("3.1"));
@@ -426,9 +433,8 @@ async fn openapi_documents_every_route() {
     assert_eq!(app.get("/readyz", "").await.status, 200);
 }
 
-#[tokio::test]
-async fn pagination_over_http_is_stable() {
-    let app = TestApp::spawn().await;
+async fn pagination_over_http_is_stable(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, t) = app.tenant_with_notes("a").await;
     let mut ids = Vec::new();
     for i in 0..7 {

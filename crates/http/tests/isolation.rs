@@ -1,4 +1,7 @@
 //! Cross-tenant attacks through the real HTTP server, each beside its positive twin.
+//!
+//! Every test runs on both storage backends (`sqlite::…` and `postgres::…`, see
+//! `common::both_backends!`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -13,16 +16,30 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use bulkhead_core::token::Claims;
 use bulkhead_core::{RecordId, TenantId};
-use common::{ADMIN, TestApp, settings};
+use common::{ADMIN, Backend, TestApp, both_backends, settings};
 use serde_json::{Value, json};
+
+both_backends!(
+    tenant_b_cannot_see_tenant_a_records,
+    collections_are_invisible_across_tenants,
+    token_naming_a_but_signed_with_b_key_is_refused,
+    hostile_token_headers_are_refused,
+    wrong_audience_issuer_and_time_window_are_refused,
+    malformed_and_oversized_tokens_are_refused,
+    x_tenant_id_must_agree_with_the_token,
+    suspended_deleted_and_unknown_tenants,
+    roles_are_enforced_within_a_tenant,
+    planes_do_not_accept_each_others_credentials,
+    jwks_lists_only_that_tenants_keys,
+    idempotency_keys_do_not_cross_tenants,
+);
 
 fn note_path(id: &str) -> String {
     format!("/v1/collections/notes/records/{id}")
 }
 
-#[tokio::test]
-async fn tenant_b_cannot_see_tenant_a_records() {
-    let app = TestApp::spawn().await;
+async fn tenant_b_cannot_see_tenant_a_records(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, ta) = app.tenant_with_notes("a").await;
     let (_, tb) = app.tenant_with_notes("b").await;
     let rec = app.note(&ta, "secret plan").await;
@@ -74,9 +91,8 @@ async fn tenant_b_cannot_see_tenant_a_records() {
     assert_eq!(app.get(&note_path(id), &ta).await.body["version"], 1);
 }
 
-#[tokio::test]
-async fn collections_are_invisible_across_tenants() {
-    let app = TestApp::spawn().await;
+async fn collections_are_invisible_across_tenants(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, ta) = app.tenant_with_notes("a").await;
     let b = app.tenant("b").await;
     let tb = app.token(b, &["admin"]).await;
@@ -147,9 +163,8 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-#[tokio::test]
-async fn token_naming_a_but_signed_with_b_key_is_refused() {
-    let app = TestApp::spawn().await;
+async fn token_naming_a_but_signed_with_b_key_is_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (a, _) = app.tenant_with_notes("a").await;
     let b = app.tenant("b").await;
     let std_header = json!({"typ": "JWT", "alg": "EdDSA"});
@@ -167,9 +182,8 @@ async fn token_naming_a_but_signed_with_b_key_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn hostile_token_headers_are_refused() {
-    let app = TestApp::spawn().await;
+async fn hostile_token_headers_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (a, ta) = app.tenant_with_notes("a").await;
     let kid = app
         .store
@@ -227,9 +241,8 @@ async fn hostile_token_headers_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn wrong_audience_issuer_and_time_window_are_refused() {
-    let app = TestApp::spawn().await;
+async fn wrong_audience_issuer_and_time_window_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (a, ta) = app.tenant_with_notes("a").await;
     let std_header = json!({"typ": "JWT", "alg": "EdDSA"});
     let mut c = claims_for(a, now());
@@ -302,9 +315,8 @@ async fn wrong_audience_issuer_and_time_window_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn malformed_and_oversized_tokens_are_refused() {
-    let app = TestApp::spawn().await;
+async fn malformed_and_oversized_tokens_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, ta) = app.tenant_with_notes("a").await;
     let (hp, sig) = ta.rsplit_once('.').unwrap();
     let bad = [
@@ -333,9 +345,8 @@ async fn malformed_and_oversized_tokens_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn x_tenant_id_must_agree_with_the_token() {
-    let app = TestApp::spawn().await;
+async fn x_tenant_id_must_agree_with_the_token(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (a, ta) = app.tenant_with_notes("a").await;
     let b = app.tenant("b").await;
     let (a_s, b_s) = (a.to_string(), b.to_string());
@@ -367,9 +378,8 @@ async fn x_tenant_id_must_agree_with_the_token() {
     assert_eq!(r.status, 403);
 }
 
-#[tokio::test]
-async fn suspended_deleted_and_unknown_tenants() {
-    let app = TestApp::spawn().await;
+async fn suspended_deleted_and_unknown_tenants(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (a, ta) = app.tenant_with_notes("a").await;
     let (_, tb) = app.tenant_with_notes("b").await;
     let path = "/v1/collections/notes/records";
@@ -448,9 +458,8 @@ async fn suspended_deleted_and_unknown_tenants() {
     );
 }
 
-#[tokio::test]
-async fn roles_are_enforced_within_a_tenant() {
-    let app = TestApp::spawn().await;
+async fn roles_are_enforced_within_a_tenant(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (a, admin) = app.tenant_with_notes("a").await;
     let reader = app.token(a, &["reader"]).await;
     let member = app.token(a, &["member"]).await;
@@ -494,9 +503,8 @@ async fn roles_are_enforced_within_a_tenant() {
     assert_eq!(c.status, 201);
 }
 
-#[tokio::test]
-async fn planes_do_not_accept_each_others_credentials() {
-    let app = TestApp::spawn().await;
+async fn planes_do_not_accept_each_others_credentials(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (a, ta) = app.tenant_with_notes("a").await;
     assert_eq!(
         app.get("/v1/tenants", &ta).await.status,
@@ -528,9 +536,8 @@ async fn planes_do_not_accept_each_others_credentials() {
     assert_eq!(app.get("/v1/tenants", ADMIN).await.status, 200);
 }
 
-#[tokio::test]
-async fn jwks_lists_only_that_tenants_keys() {
-    let app = TestApp::spawn().await;
+async fn jwks_lists_only_that_tenants_keys(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let a = app.tenant("a").await;
     let b = app.tenant("b").await;
     let ja = app.get(&format!("/v1/tenants/{a}/jwks.json"), "").await;
@@ -594,9 +601,8 @@ async fn jwks_lists_only_that_tenants_keys() {
     );
 }
 
-#[tokio::test]
-async fn idempotency_keys_do_not_cross_tenants() {
-    let app = TestApp::spawn().await;
+async fn idempotency_keys_do_not_cross_tenants(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
     let (_, ta) = app.tenant_with_notes("a").await;
     let (_, tb) = app.tenant_with_notes("b").await;
     let body = json!({"data": {"title": "once"}});

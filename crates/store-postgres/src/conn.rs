@@ -408,9 +408,25 @@ fn io_error(e: &tokio_postgres::Error) -> bool {
 }
 
 /// The error with the server's detail, which `Display` leaves out.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
-        None => e.to_string(),
+        None => with_causes(e),
     }
+}
+
+/// An error's message followed by its causes (`connection refused`, …), which its own
+/// message leaves out.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let m = c.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cause = c.source();
+    }
+    out
 }

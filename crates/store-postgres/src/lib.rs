@@ -33,6 +33,8 @@
 mod conn;
 mod migrate;
 mod sql;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use async_trait::async_trait;
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, TierName};

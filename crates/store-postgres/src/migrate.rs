@@ -93,6 +93,6 @@ async fn apply(client: &mut tokio_postgres::Client) -> Result<(), BackendError> 
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => crate::conn::with_causes(e),
     }
 }

@@ -85,7 +85,7 @@ pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {
     c.pragma_update(None, "secure_delete", "ON")?;
     c.pragma_update(None, "foreign_keys", "OFF")?;
     c.pragma_update(None, "busy_timeout", 5000)?;
-    c.pragma_update(None, "cache_size", -32_000)?;
+    c.pragma_update(None, "cache_size", -16_000)?;
     c.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
@@ -98,7 +98,7 @@ pub(crate) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_URI,
     )?;
     c.pragma_update(None, "busy_timeout", 5000)?;
-    c.pragma_update(None, "cache_size", -16_000)?;
+    c.pragma_update(None, "cache_size", -8_000)?;
     c.set_prepared_statement_cache_capacity(64);
     Ok(c)
 }

@@ -305,8 +305,20 @@ impl Store {
 
     /// Cached tenant state for authentication. `None` for an unknown tenant.
     pub async fn tenant_state(&self, id: TenantId) -> Result<Option<Arc<TenantState>>, StoreError> {
+        self.tenant_state_younger_than(id, self.cfg.cache_ttl).await
+    }
+
+    /// Like [`Store::tenant_state`], re-reading the registry if the cached state is `max_age`
+    /// old or older. Authentication uses a short `max_age` when a token names a key the cached
+    /// state does not know, so a key rotated on another instance is picked up at once (and a
+    /// flood of unknown key ids cannot make every request read the registry).
+    pub async fn tenant_state_younger_than(
+        &self,
+        id: TenantId,
+        max_age: Duration,
+    ) -> Result<Option<Arc<TenantState>>, StoreError> {
         if let Some(s) = self.tenants.get(&id)
-            && s.loaded_at.elapsed() < self.cfg.cache_ttl
+            && s.loaded_at.elapsed() < max_age.min(self.cfg.cache_ttl)
         {
             return Ok(Some(s));
         }

@@ -1,4 +1,10 @@
-//! A real Bulkhead server on `127.0.0.1:0` for HTTP-level tests, and a small client for it.
+//! A real Bulkhead server on `127.0.0.1:0` for HTTP-level tests, on either storage backend,
+//! and a small client for it.
+//!
+//! Every test runs on both backends through [`both_backends!`]: the SQLite variant always, the
+//! PostgreSQL one when `BULKHEAD_TEST_DATABASE_URL` names an admin URL (each test on a fresh
+//! database of its own; see `bulkhead_store_postgres::testing::test_url` for the rule when it
+//! is not set).
 #![allow(
     dead_code,
     clippy::unwrap_used,
@@ -17,7 +23,10 @@ use bulkhead_core::token::{TokenSettings, Verifier};
 use bulkhead_core::{TenantId, Timestamp};
 use bulkhead_http::auth::OperatorCredential;
 use bulkhead_http::{AppState, HttpConfig};
+use bulkhead_store::port::{RecordBackend, Registry};
 use bulkhead_store::{Store, StoreConfig};
+use bulkhead_store_postgres::PostgresStore;
+use bulkhead_store_postgres::testing::TestDb;
 use bulkhead_store_sqlite::SqliteStore;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -28,6 +37,53 @@ use serde_json::{Value, json};
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
+/// Connections in the PostgreSQL pool of one test server.
+const PG_POOL: usize = 8;
+
+/// The storage a [`TestApp`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded database, in a temporary directory.
+    Sqlite,
+    /// A fresh PostgreSQL database (row-level security on, as `bulkhead_app`).
+    Postgres,
+}
+
+/// Generates, for each named test function `async fn name(backend: Backend)`, the tests
+/// `sqlite::name` and `postgres::name`. The PostgreSQL variant returns early, after printing
+/// why, when no test database is configured (and fails under CI).
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if bulkhead_store_postgres::testing::test_url().is_none() {
+                        return;
+                    }
+                    super::$name($crate::common::Backend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use both_backends;
+
+/// Where a test server's data lives; dropped after the server's store.
+enum Storage {
+    Sqlite(tempfile::TempDir),
+    Postgres(TestDb),
+}
+
 /// A running server with a clock the test controls.
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -35,9 +91,11 @@ pub struct TestApp {
     pub state: AppState,
     /// Seconds added to the real clock.
     pub clock_offset: Arc<AtomicI64>,
+    pub backend: Backend,
     client: Client<HttpConnector, Full<Bytes>>,
-    _dir: tempfile::TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
+    /// Last, so that the database outlives everything that uses it.
+    _storage: Storage,
 }
 
 /// A response, decoded.
@@ -66,13 +124,32 @@ pub fn settings() -> TokenSettings {
 }
 
 impl TestApp {
-    pub async fn spawn() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite = SqliteStore::open(dir.path(), 4).unwrap();
+    /// Starts a server on `backend`. For [`Backend::Postgres`] the caller has checked that
+    /// a test database is configured (as [`both_backends!`] does).
+    pub async fn spawn(backend: Backend) -> Self {
+        let (registry, records, storage): (Arc<dyn Registry>, Arc<dyn RecordBackend>, _) =
+            match backend {
+                Backend::Sqlite => {
+                    let dir = tempfile::tempdir().unwrap();
+                    let sqlite = SqliteStore::open(dir.path(), 4).unwrap();
+                    (
+                        Arc::new(sqlite.clone()),
+                        Arc::new(sqlite),
+                        Storage::Sqlite(dir),
+                    )
+                }
+                Backend::Postgres => {
+                    let admin_url = bulkhead_store_postgres::testing::test_url()
+                        .expect("a PostgreSQL test database is configured");
+                    let db = TestDb::create(&admin_url).await.unwrap();
+                    let pg = PostgresStore::connect(db.url(), PG_POOL).await.unwrap();
+                    (Arc::new(pg.clone()), Arc::new(pg), Storage::Postgres(db))
+                }
+            };
         let store = Arc::new(
             Store::open(
-                Arc::new(sqlite.clone()),
-                Arc::new(sqlite),
+                registry,
+                records,
                 MasterKey::generate(),
                 StoreConfig::default(),
             )
@@ -108,9 +185,10 @@ impl TestApp {
             store,
             state,
             clock_offset: offset,
+            backend,
             client,
-            _dir: dir,
             _shutdown: tx,
+            _storage: storage,
         }
     }
 

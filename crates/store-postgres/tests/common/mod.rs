@@ -1,5 +1,6 @@
-//! Test support shared by the PostgreSQL test crates: whether tests run at all, a fresh
-//! database per test, throwaway roles, and the contract [`Harness`].
+//! Test support shared by the PostgreSQL test crates: whether tests run at all and a fresh
+//! database per test (both from `bulkhead_store_postgres::testing`, shared with the other
+//! crates' tests), throwaway roles, a delaying proxy, and the contract [`Harness`].
 #![allow(dead_code, reason = "each test crate uses a part of this module")]
 
 use std::sync::Arc;
@@ -13,81 +14,7 @@ use bulkhead_store_postgres::PostgresStore;
 use futures::StreamExt;
 use tokio_postgres::NoTls;
 
-pub const URL_VAR: &str = "BULKHEAD_TEST_DATABASE_URL";
-
-/// The admin URL the tests create their databases with, or `None` when the tests cannot run.
-///
-/// The rule: without `BULKHEAD_TEST_DATABASE_URL`, a test prints why it did not run and
-/// passes, so `cargo test` works on a machine without PostgreSQL; but under CI (`CI` set and
-/// not `false`/`0`) it panics instead: CI never passes by not testing.
-pub fn test_url() -> Option<String> {
-    match std::env::var(URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-            if ci {
-                panic!("postgres tests cannot run: {URL_VAR} is not set, and under CI they must");
-            }
-            eprintln!("postgres tests did not run: {URL_VAR} is not set");
-            None
-        }
-    }
-}
-
-/// `url` with its database (and, if given, its user and password, and its host and port)
-/// replaced. Accepts the URL form (`postgres://user@host:port/db?opts`) and the key/value
-/// form (`host=… user=…`, where later keys win).
-pub fn rewrite_url(
-    url: &str,
-    dbname: &str,
-    user: Option<(&str, &str)>,
-    host_port: Option<(&str, u16)>,
-) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        // Hosts and ports add up in this form rather than replace: drop the old ones.
-        let kept: Vec<&str> = url
-            .split_whitespace()
-            .filter(|kv| {
-                host_port.is_none()
-                    || !["host=", "hostaddr=", "port="]
-                        .iter()
-                        .any(|k| kv.starts_with(k))
-            })
-            .collect();
-        let mut out = format!("{} dbname={dbname}", kept.join(" "));
-        if let Some((u, p)) = user {
-            out.push_str(&format!(" user={u} password={p}"));
-        }
-        if let Some((h, p)) = host_port {
-            out.push_str(&format!(" host={h} port={p}"));
-        }
-        return out;
-    };
-    let (scheme, rest) = url.split_at(scheme_end + 3);
-    let (rest, query) = match rest.find('?') {
-        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-        None => (rest, None),
-    };
-    let authority = match rest.find('/') {
-        Some(i) => &rest[..i],
-        None => rest,
-    };
-    let (userinfo, host) = match authority.rsplit_once('@') {
-        Some((u, h)) => (Some(u.to_owned()), h.to_owned()),
-        None => (None, authority.to_owned()),
-    };
-    let userinfo = user.map(|(u, p)| format!("{u}:{p}")).or(userinfo);
-    let host = host_port.map_or(host, |(h, p)| format!("{h}:{p}"));
-    let mut out = match userinfo {
-        Some(u) => format!("{scheme}{u}@{host}/{dbname}"),
-        None => format!("{scheme}{host}/{dbname}"),
-    };
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
-}
+pub use bulkhead_store_postgres::testing::{URL_VAR, rewrite_url, test_url};
 
 /// The TCP address of the server `url` names, if it names one.
 pub fn server_addr(url: &str) -> Option<String> {
@@ -198,36 +125,45 @@ fn admin_blocking(admin_url: &str, sql: String) {
     }
 }
 
-/// A database of its own for one test, dropped with it.
+/// A database of its own for one test, dropped with it: [`testing::TestDb`] with its names
+/// as fields, for brevity in the tests.
+///
+/// [`testing::TestDb`]: bulkhead_store_postgres::testing::TestDb
 pub struct TestDb {
     pub admin_url: String,
     pub name: String,
     /// The test database, as the admin (a superuser).
     pub url: String,
+    /// Drops the database.
+    _db: bulkhead_store_postgres::testing::TestDb,
 }
 
 impl TestDb {
+    fn wrap(db: bulkhead_store_postgres::testing::TestDb) -> Self {
+        Self {
+            admin_url: db.admin_url().to_owned(),
+            name: db.name().to_owned(),
+            url: db.url().to_owned(),
+            _db: db,
+        }
+    }
+
     /// An empty database, not migrated.
     pub async fn empty(admin_url: &str) -> Self {
-        let name = format!("bulkhead_test_{}", uuid::Uuid::new_v4().simple());
-        client(admin_url)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let url = rewrite_url(admin_url, &name, None, None);
-        Self {
-            admin_url: admin_url.to_owned(),
-            name,
-            url,
-        }
+        Self::wrap(
+            bulkhead_store_postgres::testing::TestDb::empty(admin_url)
+                .await
+                .unwrap(),
+        )
     }
 
     /// A database with Bulkhead's schema.
     pub async fn migrated(admin_url: &str) -> Self {
-        let db = Self::empty(admin_url).await;
-        PostgresStore::migrate(&db.url).await.unwrap();
-        db
+        Self::wrap(
+            bulkhead_store_postgres::testing::TestDb::create(admin_url)
+                .await
+                .unwrap(),
+        )
     }
 
     /// The test database's URL as `user`.
@@ -238,16 +174,6 @@ impl TestDb {
             Some((&user.name, &user.password)),
             None,
         )
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // FORCE: the pools of the test may still hold connections.
-        admin_blocking(
-            &self.admin_url,
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
     }
 }
 

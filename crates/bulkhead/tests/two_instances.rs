@@ -1,0 +1,542 @@
+//! Two `bulkhead serve` processes over one PostgreSQL database: what one instance writes the
+//! other reads, optimistic concurrency holds across them, tenants stay apart across them, and a
+//! suspension made on one reaches the other within the cache TTL. Also: a database that cannot
+//! be reached at start stops the server with a clear message.
+//!
+//! The shared-database test needs `BULKHEAD_TEST_DATABASE_URL` (an admin URL, e.g.
+//! `postgres://postgres@127.0.0.1:5432/postgres`); see
+//! `bulkhead_store_postgres::testing::test_url` for what happens without it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bulkhead_core::crypto::MasterKey;
+use bulkhead_store_postgres::testing::{TestDb, test_url};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+
+/// How long a suspension may take to reach the other instance: the cache TTL the instances
+/// run with is 1 s; the rest is slack for a busy machine.
+const PROPAGATION: Duration = Duration::from_secs(5);
+
+/// A `bulkhead serve` process with its stderr (JSON logs) collected.
+struct Server {
+    child: Child,
+    addr: String,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// `bulkhead serve` on a free port with JSON logs, `env` on top of an environment cleared of
+/// every inherited `BULKHEAD_*` variable.
+fn serve_command(data_dir: &Path, env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BULKHEAD_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+impl Server {
+    /// Starts `bulkhead serve`; waits until it listens.
+    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut child = serve_command(data_dir, env).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "bulkhead is listening"
+                {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                }
+                l.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", logs.lock().unwrap());
+            }
+        };
+        Server { child, addr, logs }
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    fn stop(mut self) -> (ExitStatus, Vec<String>) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = wait_with_deadline(&mut self.child, Duration::from_secs(20));
+        // Let the reader thread take the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        let logs = self.logs.lock().unwrap().clone();
+        (status, logs)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Still running only if the test failed before `stop`: do not leave it behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit; kills it and fails the test after `deadline`.
+fn wait_with_deadline(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            panic!("the process did not exit within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small HTTP client for one instance.
+struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+/// A response: status, `ETag`, body.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    etag: Option<String>,
+    body: Value,
+}
+
+impl Http {
+    fn new(addr: &str) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Resp {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {token}"));
+        if body.is_some() {
+            b = b.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let raw = body
+            .map(|v| serde_json::to_vec(&v).unwrap())
+            .unwrap_or_default();
+        let resp = self
+            .client
+            .request(b.body(Full::new(Bytes::from(raw))).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            etag,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Resp {
+        self.call("GET", path, token, None, &[]).await
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Resp {
+        self.call("POST", path, token, Some(body), &[]).await
+    }
+
+    /// Onboards a tenant and mints an admin token for it, on this instance.
+    async fn tenant_and_token(&self, admin: &str, name: &str) -> (String, String) {
+        let r = self.post("/v1/tenants", admin, json!({"name": name})).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let id = r.body["id"].as_str().unwrap().to_owned();
+        let r = self
+            .post(
+                &format!("/v1/tenants/{id}/tokens"),
+                admin,
+                json!({"subject": "alice", "roles": ["admin"], "ttl_seconds": 600}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        (id, r.body["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Defines the `notes` collection (indexed on `title`) for the token's tenant.
+    async fn define_notes(&self, token: &str) {
+        let r = self
+            .call(
+                "PUT",
+                "/v1/collections/notes",
+                token,
+                Some(json!({
+                    "schema": {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]},
+                    "indexes": ["title"]
+                })),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+
+    /// Creates a note; returns its id.
+    async fn note(&self, token: &str, title: &str) -> String {
+        let r = self
+            .post(
+                "/v1/collections/notes/records",
+                token,
+                json!({"data": {"title": title}}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sets a tenant's status through the operator API.
+    async fn set_status(&self, admin: &str, tenant: &str, status: &str) {
+        let r = self
+            .call(
+                "PATCH",
+                &format!("/v1/tenants/{tenant}"),
+                admin,
+                Some(json!({"status": status})),
+                &[],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.body["status"], status);
+    }
+
+    /// Polls `GET path` until it answers `want`; returns how long that took, or fails after
+    /// [`PROPAGATION`] with the last answer.
+    async fn await_status(&self, path: &str, token: &str, want: u16) -> (Duration, Resp) {
+        let start = Instant::now();
+        loop {
+            let r = self.get(path, token).await;
+            if r.status == want {
+                return (start.elapsed(), r);
+            }
+            assert!(
+                start.elapsed() < PROPAGATION,
+                "still {} instead of {want} after {PROPAGATION:?}: {:?}",
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn note_path(id: &str) -> String {
+    format!("/v1/collections/notes/records/{id}")
+}
+
+/// The ids of a list response's items.
+fn ids(r: &Resp) -> BTreeSet<String> {
+    r.body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {:?}", r.body))
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_database() {
+    let Some(admin_url) = test_url() else {
+        return;
+    };
+    let db = TestDb::create(&admin_url).await.unwrap();
+    let master = MasterKey::generate().to_base64url();
+    let admin = format!("bh_admin_two_instances_{}", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("BULKHEAD_DATABASE_URL", db.url()),
+        ("BULKHEAD_MASTER_KEY", master.as_str()),
+        ("BULKHEAD_ADMIN_TOKEN", admin.as_str()),
+        ("BULKHEAD_CACHE__TTL_SECONDS", "1"),
+        ("BULKHEAD_STORAGE__POOL_SIZE", "4"),
+    ];
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // Started together: both run the (already applied) migrations at once.
+    let (s1, s2) = std::thread::scope(|s| {
+        let one = s.spawn(|| Server::start(dir1.path(), &env));
+        let two = s.spawn(|| Server::start(dir2.path(), &env));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    assert_ne!(s1.addr, s2.addr);
+    let (one, two) = (Http::new(&s1.addr), Http::new(&s2.addr));
+
+    // Tenant A, its token, its collection and its records: all through instance 1.
+    let (a, ta) = one.tenant_and_token(&admin, "acme").await;
+    one.define_notes(&ta).await;
+    let alpha1 = one.note(&ta, "alpha").await;
+    let beta = one.note(&ta, "beta").await;
+    let alpha2 = one.note(&ta, "alpha").await;
+
+    // Instance 2 reads them: each record, the whole list, and a filter on the indexed field.
+    for (id, title) in [(&alpha1, "alpha"), (&beta, "beta"), (&alpha2, "alpha")] {
+        let r = two.get(&note_path(id), &ta).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.body["data"]["title"], title);
+        assert_eq!(r.body["version"], 1);
+        assert_eq!(r.etag.as_deref(), Some("\"1\""));
+    }
+    let all = two.get("/v1/collections/notes/records", &ta).await;
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    assert_eq!(
+        ids(&all),
+        [&alpha1, &beta, &alpha2].into_iter().cloned().collect()
+    );
+    let filtered = two
+        .get("/v1/collections/notes/records?where.title=alpha", &ta)
+        .await;
+    assert_eq!(filtered.status, 200, "{:?}", filtered.body);
+    assert_eq!(
+        ids(&filtered),
+        [&alpha1, &alpha2].into_iter().cloned().collect()
+    );
+    // The operator sees the tenant on instance 2 as well.
+    let t = two.get(&format!("/v1/tenants/{a}"), &admin).await;
+    assert_eq!((t.status, t.body["name"].as_str()), (200, Some("acme")));
+
+    // An update through instance 2 (with If-Match) is the version instance 1 reads.
+    let r = two
+        .call(
+            "PUT",
+            &note_path(&alpha1),
+            &ta,
+            Some(json!({"data": {"title": "gamma"}})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["version"], 2);
+    let r = one.get(&note_path(&alpha1), &ta).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["data"]["title"], "gamma");
+    assert_eq!(r.body["version"], 2);
+    assert_eq!(r.etag.as_deref(), Some("\"2\""));
+    // Optimistic concurrency holds across instances: the version 2 replaced is stale on 1.
+    let stale = one
+        .call(
+            "PUT",
+            &note_path(&alpha1),
+            &ta,
+            Some(json!({"data": {"title": "lost update"}})),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(stale.status, 412, "{:?}", stale.body);
+    // The index moved with the update, as seen from instance 1.
+    let gamma = one
+        .get("/v1/collections/notes/records?where.title=gamma", &ta)
+        .await;
+    assert_eq!(ids(&gamma), [alpha1.clone()].into_iter().collect());
+    let alpha = one
+        .get("/v1/collections/notes/records?where.title=alpha", &ta)
+        .await;
+    assert_eq!(ids(&alpha), [alpha2.clone()].into_iter().collect());
+
+    // Tenant G, created (and its token minted) on instance 2.
+    let (g, tg) = two.tenant_and_token(&admin, "globex").await;
+    // Its token works on instance 1 (positive twin)...
+    one.define_notes(&tg).await;
+    let own = one.note(&tg, "alpha").await;
+    let r = one.get(&note_path(&own), &tg).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // ...and sees nothing of A there: A's records are 404, exactly as a missing one, and
+    // neither the list nor the filter shows them.
+    for id in [&alpha1, &beta, &alpha2] {
+        let foreign = one.get(&note_path(id), &tg).await;
+        assert_eq!(foreign.status, 404, "{:?}", foreign.body);
+        assert_eq!(
+            foreign.body["type"], "urn:bulkhead:problem:not-found",
+            "{:?}",
+            foreign.body
+        );
+    }
+    let r = one.get("/v1/collections/notes/records", &tg).await;
+    assert_eq!(ids(&r), [own.clone()].into_iter().collect());
+    let r = one
+        .get("/v1/collections/notes/records?where.title=alpha", &tg)
+        .await;
+    assert_eq!(ids(&r), [own.clone()].into_iter().collect());
+    // A cannot read G's record from either instance.
+    assert_eq!(one.get(&note_path(&own), &ta).await.status, 404);
+    assert_eq!(two.get(&note_path(&own), &ta).await.status, 404);
+    // Both tenants are in the one registry.
+    let listed = one.get("/v1/tenants", &admin).await;
+    assert_eq!(
+        ids(&listed),
+        [a.clone(), g.clone()].into_iter().collect(),
+        "{:?}",
+        listed.body
+    );
+
+    // Suspension on instance 1 reaches instance 2 within the cache TTL. Instance 2 has A's
+    // state cached (it has just served A).
+    let path = "/v1/collections/notes/records";
+    assert_eq!(two.get(path, &ta).await.status, 200);
+    one.set_status(&admin, &a, "suspended").await;
+    let r = one.get(path, &ta).await;
+    assert_eq!(r.status, 403, "at once on the instance that suspended");
+    let (took, r) = two.await_status(path, &ta, 403).await;
+    assert_eq!(
+        r.body["type"], "urn:bulkhead:problem:tenant-not-active",
+        "{:?}",
+        r.body
+    );
+    eprintln!("suspension reached instance 2 after {took:?}");
+    assert_eq!(two.get(path, &tg).await.status, 200, "G is unaffected");
+    // And resuming on instance 2 reaches instance 1 likewise.
+    two.set_status(&admin, &a, "active").await;
+    one.await_status(path, &ta, 200).await;
+
+    // A key rotated on instance 1 verifies on instance 2 within the TTL, and the old key
+    // keeps verifying on both.
+    assert_eq!(two.get(path, &ta).await.status, 200);
+    let r = one
+        .post(&format!("/v1/tenants/{a}/keys"), &admin, json!({}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = one
+        .post(
+            &format!("/v1/tenants/{a}/tokens"),
+            &admin,
+            json!({"subject": "bob", "roles": ["reader"], "ttl_seconds": 600}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let ta_new = r.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(one.get(path, &ta_new).await.status, 200);
+    let (took, _) = two.await_status(path, &ta_new, 200).await;
+    eprintln!("a rotated key verified on instance 2 after {took:?}");
+    assert_eq!(
+        two.get(path, &ta).await.status,
+        200,
+        "the old key still verifies"
+    );
+
+    // Offboarding on instance 2 reaches instance 1 within the TTL; G stays.
+    let r = two
+        .call("DELETE", &format!("/v1/tenants/{a}"), &admin, None, &[])
+        .await;
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    one.await_status(path, &ta, 401).await;
+    assert_eq!(one.get(path, &tg).await.status, 200, "G is unaffected");
+
+    for s in [s1, s2] {
+        let (status, logs) = s.stop();
+        assert!(status.success(), "{status}: {logs:?}");
+        assert!(
+            logs.iter().all(|l| !l.contains("\"level\":\"ERROR\"")),
+            "{logs:?}"
+        );
+    }
+    drop(db);
+}
+
+#[test]
+fn unreachable_database_at_start_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = MasterKey::generate().to_base64url();
+    // Nothing listens on port 1. The password must not show in any output.
+    let url = "postgres://bulkhead:not-this-password@127.0.0.1:1/bulkhead";
+    let mut child = serve_command(
+        dir.path(),
+        &[
+            ("BULKHEAD_DATABASE_URL", url),
+            ("BULKHEAD_MASTER_KEY", master.as_str()),
+            ("BULKHEAD_ADMIN_TOKEN", "bh_admin_unreachable_0123456789"),
+            ("BULKHEAD_STORAGE__CONNECT_TIMEOUT_SECONDS", "2"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(30));
+    let took = start.elapsed();
+    let stderr = reader.join().unwrap();
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(
+        took < Duration::from_secs(20),
+        "gave up after {took:?} with a 2 s patience"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("PostgreSQL") && last.contains("connect"),
+        "the last line says what failed: {stderr}"
+    );
+    assert!(
+        stderr.contains("PostgreSQL is not reachable yet; retrying"),
+        "it retried first: {stderr}"
+    );
+    assert!(!stderr.contains("bulkhead is listening"), "{stderr}");
+    assert!(!stderr.contains("not-this-password"), "{stderr}");
+}
