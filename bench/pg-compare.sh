@@ -164,14 +164,16 @@ def sample(out, db, gen, server, delay, window, trigger_file, trigger_text):
                 return
             time.sleep(0.1)
     time.sleep(delay)
-    x0 = xacts(db)  # slow (a psql process): before the CPU snapshot, not inside the window
     pids = backends(db)
     t0 = time.time()
     b0 = {p: ticks(p) for p in pids}
     g0, s0, m0 = ticks(gen) if gen else None, ticks(server) if server else None, machine()
+    # Transaction counts come from a psql process, which can take a while on a busy machine:
+    # read them just after each CPU snapshot, so that they do not move the window.
+    x0 = xacts(db)
     with open("/proc/loadavg") as f:
         load = float(f.read().split()[0])
-    time.sleep(window)
+    time.sleep(max(0.0, t0 + window - time.time()))
     t1 = time.time()
     b1 = {p: ticks(p) for p in pids}
     g1, s1, m1 = ticks(gen) if gen else None, ticks(server) if server else None, machine()
@@ -283,7 +285,7 @@ def summary(out, clients, conns, pool):
         verdict = ""
         if target is not None:
             verdict = f"   target >= {target:.1f}: {'MET' if r >= target else 'MISSED'}"
-        lines.append(f"  {a:<9} / {b:<19} = {r:5.2f}{verdict}")
+        lines.append(f"  {a:<9} / {b:<19} = {r:6.3f}{verdict}")
 
     ratio("bh-read", "pgb-read-rls", 1.0)
     ratio("bh-write", "pgb-write-rls", 0.8)
@@ -442,7 +444,7 @@ run_pgbench() {
         -D tenants="$TENANTS" -D records="$RECORDS" -D data_bytes="$data_bytes" \
         -f "$here/$script" "$DB" >"$OUT/$name.log" 2>&1 &
     pid=$!
-    helper sample --out "$OUT/$name.cpu.json" --db "$DB" --gen "$pid" --server "$server_pid" \
+    helper sample --out "$OUT/$name.cpu.json" --db "$DB" --gen "$pid" \
         --delay 1 --window "$((DURATION - 2))" &
     bg_pids+=($!)
     wait "$pid" || status=$?

@@ -90,7 +90,8 @@ pub struct StorageConfig {
     /// separately then.
     pub migrate_on_start: bool,
     /// File holding the master key (unpadded base64url of 32 bytes). Default:
-    /// `<data_dir>/master.key`, generated on first start. `BULKHEAD_MASTER_KEY` wins over it.
+    /// `<data_dir>/master.key`, generated on the first start of an embedded data directory
+    /// (never with PostgreSQL, never beside an existing database). `BULKHEAD_MASTER_KEY` wins.
     pub master_key_file: Option<PathBuf>,
     /// Read connections to the embedded database.
     pub sqlite_readers: usize,
@@ -166,7 +167,6 @@ impl Default for StorageConfig {
     }
 }
 
-/// Environment variables that are secrets or client settings, not configuration keys.
 /// Top-level keys the environment may set, as `BULKHEAD_<KEY>` or `BULKHEAD_<KEY>__<SUBKEY>`.
 /// Other `BULKHEAD_*` variables (secrets, client settings, test settings) are not configuration.
 const ENV_KEYS: &[&str] = &[

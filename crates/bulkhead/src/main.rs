@@ -71,7 +71,8 @@ enum Command {
 Configuration is layered: defaults, then --config FILE (TOML), then BULKHEAD_* environment
 variables (nested keys with `__`, e.g. BULKHEAD_TOKENS__LEEWAY_SECONDS=10), then these flags.
 Secrets: BULKHEAD_ADMIN_TOKEN (else <data-dir>/admin-token, generated on first start) and
-BULKHEAD_MASTER_KEY (else <data-dir>/master.key, generated on first start).")]
+BULKHEAD_MASTER_KEY (else <data-dir>/master.key, generated on the first start of a new embedded
+data directory; with PostgreSQL it must be supplied).")]
 struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8700]
     #[arg(long)]

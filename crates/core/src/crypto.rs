@@ -5,8 +5,10 @@
 //!   database) wraps every tenant's **root key**;
 //! - a tenant's root key (32 random bytes, stored only wrapped) derives, with HKDF-SHA256, its
 //!   **data key** (encrypts record contents) and its **index key** (keys the blind index);
-//! - deleting a tenant's wrapped root key makes every byte it encrypted unreadable
-//!   (crypto-shredding), wherever copies of those bytes went (backups included).
+//! - deleting a tenant's wrapped root key makes every byte it encrypted unreadable to the live
+//!   system (crypto-shredding). A backup taken earlier still holds the wrapped root key and
+//!   stays readable with the master key: destroying backups, or the master key they were
+//!   written under, is what makes them unreadable.
 //!
 //! The cipher is XChaCha20-Poly1305: 192-bit random nonces never realistically collide, however
 //! many versions a tenant writes under one key. Every ciphertext's associated data binds it to

@@ -19,8 +19,9 @@
 //! member of `bulkhead_app` ([`PostgresStore::connect_app`]). Every new connection is checked
 //! before use, and refused if its role is a superuser, has BYPASSRLS or owns a table. With
 //! `SET ROLE`, the session user can still `RESET ROLE`; only this adapter's SQL runs on those
-//! connections, but deployments that want the wall to hold against injected SQL as well
-//! should use `connect_app` with a role that has no way back.
+//! connections, but deployments that want no way back to the owner role should use
+//! `connect_app`. Either way the wall is against mistakes in Bulkhead's own SQL, not against
+//! arbitrary SQL run as `bulkhead_app`: such SQL could set `bulkhead.tenant_id` itself.
 //!
 //! The registry tables (`settings`, `tenants`, `signing_keys`) are platform tables: they are
 //! read before a tenant context exists (to authenticate a request), so they have no RLS.

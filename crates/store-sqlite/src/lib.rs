@@ -396,10 +396,14 @@ impl RecordBackend for SqliteStore {
         let done = tokio::task::spawn_blocking(move || {
             let c = Connection::open(&path)?;
             c.busy_timeout(std::time::Duration::from_secs(10))?;
-            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            // The first column is 1 when readers kept the checkpoint from completing.
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|busy| busy == 0)
         })
         .await;
-        if !matches!(done, Ok(Ok(()))) {
+        if !matches!(done, Ok(Ok(true))) {
             tracing::warn!(
                 "could not truncate the write-ahead log after offboarding; it will be on the next checkpoint"
             );

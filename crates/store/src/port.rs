@@ -65,7 +65,7 @@ pub struct TenantPatch {
 /// The operator-plane registry: tenants, their keys, and server-wide settings.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
-    /// Reads a server-wide value (`master-key-check`, `operator-token-hash`).
+    /// Reads a server-wide value (today: `master-key-check`).
     async fn setting(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError>;
     /// Writes a server-wide value only if none is set; returns the value in force afterwards.
     async fn init_setting(&self, name: &str, value: &[u8]) -> Result<Vec<u8>, BackendError>;
