@@ -17,6 +17,11 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
 
+/// mimalloc: the request path allocates many small, short-lived objects across threads, where
+/// it costs measurably less CPU than the system allocator (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Strict tenant isolation and per-tenant governance for SaaS backends.
 #[derive(Debug, Parser)]
 #[command(
