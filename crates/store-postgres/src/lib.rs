@@ -297,52 +297,24 @@ impl RecordBackend for PostgresStore {
         let version = sql_version(row.version)?;
         let created = micros(row.created_at);
         let updated = micros(row.updated_at);
-        let n = match expected {
-            None => {
-                let (tx, [st]) = conn
-                    .prepare_tx(Mode::Write, [sql::CREATE_COLLECTION])
-                    .await?;
-                conn.transaction(
-                    &tx,
-                    t,
-                    conn.client()?.execute(
-                        &st,
-                        &[
-                            &t.as_uuid(),
-                            &row.name.as_str(),
-                            &version,
-                            &row.sealed_definition.as_slice(),
-                            &created,
-                            &updated,
-                        ],
-                    ),
-                )
-                .await?
-            }
-            Some(expected) => {
-                let expected = sql_version(expected)?;
-                let (tx, [st]) = conn
-                    .prepare_tx(Mode::Write, [sql::REPLACE_COLLECTION])
-                    .await?;
-                conn.transaction(
-                    &tx,
-                    t,
-                    conn.client()?.execute(
-                        &st,
-                        &[
-                            &t.as_uuid(),
-                            &row.name.as_str(),
-                            &version,
-                            &row.sealed_definition.as_slice(),
-                            &created,
-                            &updated,
-                            &expected,
-                        ],
-                    ),
-                )
-                .await?
-            }
+        // Create when the caller expects no collection, else replace the expected version.
+        let expected = expected.map(sql_version).transpose()?;
+        let statement = match expected {
+            None => sql::CREATE_COLLECTION,
+            Some(_) => sql::REPLACE_COLLECTION,
         };
+        let (tx, [st]) = conn.prepare_tx(Mode::Write, [statement]).await?;
+        let tenant = t.as_uuid();
+        let name = row.name.as_str();
+        let definition = row.sealed_definition.as_slice();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&tenant, &name, &version, &definition, &created, &updated];
+        if let Some(e) = &expected {
+            params.push(e);
+        }
+        let n = conn
+            .transaction(&tx, t, conn.client()?.execute(&st, &params))
+            .await?;
         Ok(n == 1)
     }
 
