@@ -8,136 +8,14 @@
     reason = "tests"
 )]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use common::{BIN, Http, Server};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
-
-struct Server {
-    child: Child,
-    addr: String,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts `bulkhead serve` on a free port with JSON logs; waits until it listens.
-    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env_remove("BULKHEAD_ADMIN_TOKEN")
-        .env_remove("BULKHEAD_MASTER_KEY")
-        .env("RUST_LOG", "info,bulkhead::access=debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let l = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "bulkhead is listening"
-                {
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                }
-                l.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a,
-            Err(_) => panic!("server did not start: {:?}", logs.lock().unwrap()),
-        };
-        Server { child, addr, logs }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-
-    fn wait(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                let logs = self.logs.lock().unwrap().clone();
-                return (s, logs);
-            }
-            assert!(Instant::now() < deadline, "server did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
-    base: String,
-}
-
-impl Http {
-    fn new(addr: &str) -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            base: format!("http://{addr}"),
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut b = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {token}"));
-        if body.is_some() {
-            b = b.header("content-type", "application/json");
-        }
-        let raw = body
-            .map(|v| serde_json::to_vec(&v).unwrap())
-            .unwrap_or_default();
-        let resp = self
-            .client
-            .request(b.body(Full::new(Bytes::from(raw))).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-}
 
 /// Runs the CLI against a server; returns stdout.
 fn cli(addr: &str, admin: &str, args: &[&str]) -> String {
@@ -158,7 +36,8 @@ fn cli(addr: &str, admin: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_flow_logs_and_graceful_shutdown() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    // The access log is on, so request lines can be checked.
+    let server = Server::start(dir.path(), &[("RUST_LOG", "info,bulkhead::access=debug")]);
     let admin = std::fs::read_to_string(dir.path().join("admin-token"))
         .unwrap()
         .trim()
@@ -222,36 +101,41 @@ async fn readme_flow_logs_and_graceful_shutdown() {
 
     let schema = json!({"schema": {"type": "object", "properties": {"title": {"type": "string"}}}, "indexes": ["title"]});
     assert_eq!(
-        http.call("PUT", "/v1/collections/notes", &ta, Some(schema.clone()))
-            .await
-            .0,
+        http.call(
+            "PUT",
+            "/v1/collections/notes",
+            &ta,
+            Some(schema.clone()),
+            &[]
+        )
+        .await
+        .status,
         201
     );
     assert_eq!(
-        http.call("PUT", "/v1/collections/notes", &tb, Some(schema))
+        http.call("PUT", "/v1/collections/notes", &tb, Some(schema), &[])
             .await
-            .0,
+            .status,
         201
     );
     let planted = "planted-record-content-91c2";
-    let (s, rec) = http
-        .call(
-            "POST",
+    let created = http
+        .post(
             "/v1/collections/notes/records",
             &ta,
-            Some(json!({"data": {"title": planted}})),
+            json!({"data": {"title": planted}}),
         )
         .await;
-    assert_eq!(s, 201);
+    assert_eq!(created.status, 201);
+    let rec = created.body;
     let path = format!(
         "/v1/collections/notes/records/{}",
         rec["id"].as_str().unwrap()
     );
-    assert_eq!(http.call("GET", &path, &ta, None).await.0, 200);
-    assert_eq!(http.call("GET", &path, &tb, None).await.0, 404);
+    assert_eq!(http.get(&path, &ta).await.status, 200);
+    assert_eq!(http.get(&path, &tb).await.status, 404);
 
-    server.signal("-TERM");
-    let (status, logs) = server.wait();
+    let (status, logs) = server.stop();
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
     let all = logs.join("\n");
     assert!(
@@ -290,31 +174,30 @@ async fn no_acknowledged_write_is_lost_when_killed() {
     let env = [("BULKHEAD_ADMIN_TOKEN", admin)];
     let server = Server::start(dir.path(), &env);
     let http = Http::new(&server.addr);
-    let (_, t) = http
-        .call(
-            "POST",
-            "/v1/tenants",
-            admin,
-            Some(json!({"name": "durable"})),
-        )
-        .await;
+    let t = http
+        .post("/v1/tenants", admin, json!({"name": "durable"}))
+        .await
+        .body;
     let tid = t["id"].as_str().unwrap().to_owned();
-    let (_, tok) = http
-        .call(
-            "POST",
+    let tok = http
+        .post(
             &format!("/v1/tenants/{tid}/tokens"),
             admin,
-            Some(json!({"subject": "w", "roles": ["admin"]})),
+            json!({"subject": "w", "roles": ["admin"]}),
+        )
+        .await
+        .body;
+    let tok = tok["token"].as_str().unwrap().to_owned();
+    let r = http
+        .call(
+            "PUT",
+            "/v1/collections/log",
+            &tok,
+            Some(json!({"schema": {"type": "object"}})),
+            &[],
         )
         .await;
-    let tok = tok["token"].as_str().unwrap().to_owned();
-    http.call(
-        "PUT",
-        "/v1/collections/log",
-        &tok,
-        Some(json!({"schema": {"type": "object"}})),
-    )
-    .await;
+    assert_eq!(r.status, 201);
     // Concurrent writers; every id the server acknowledged is remembered.
     let acked = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
@@ -323,19 +206,18 @@ async fn no_acknowledged_write_is_lost_when_killed() {
         tasks.push(tokio::spawn(async move {
             let http = Http::new(&base);
             for i in 0..40 {
-                let (s, r) = http
-                    .call(
-                        "POST",
+                let r = http
+                    .post(
                         "/v1/collections/log/records",
                         &tok,
-                        Some(json!({"data": {"w": w, "i": i}})),
+                        json!({"data": {"w": w, "i": i}}),
                     )
                     .await;
-                if s == 201 {
+                if r.status == 201 {
                     acked
                         .lock()
                         .unwrap()
-                        .push(r["id"].as_str().unwrap().to_owned());
+                        .push(r.body["id"].as_str().unwrap().to_owned());
                 }
             }
         }));
@@ -355,15 +237,10 @@ async fn no_acknowledged_write_is_lost_when_killed() {
     let server = Server::start(dir.path(), &env);
     let http = Http::new(&server.addr);
     for id in &acked {
-        let (s, _) = http
-            .call(
-                "GET",
-                &format!("/v1/collections/log/records/{id}"),
-                &tok,
-                None,
-            )
+        let r = http
+            .get(&format!("/v1/collections/log/records/{id}"), &tok)
             .await;
-        assert_eq!(s, 200, "acknowledged write {id} lost");
+        assert_eq!(r.status, 200, "acknowledged write {id} lost");
     }
     server.signal("-TERM");
     server.wait();
