@@ -99,22 +99,28 @@ impl Authenticator {
         let now = self.now();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let cached = self.verified.get(&digest);
-        let tenant = match &cached {
-            Some(ctx) => ctx.tenant(),
-            None => {
+        // A token not verified before is inspected once: the claims say which tenant's keys
+        // to look at, and are then verified with one of them.
+        let claimed = match &cached {
+            Some(_) => None,
+            None => Some(
                 self.verifier
                     .inspect(token)
-                    .map_err(|e| Ok(AuthFailure::Token(e)))?
-                    .tenant
-            }
+                    .map_err(|e| Ok(AuthFailure::Token(e)))?,
+            ),
+        };
+        let tenant = match (&cached, &claimed) {
+            (Some(ctx), _) => ctx.tenant(),
+            (None, Some(c)) => c.tenant,
+            (None, None) => return Err(Ok(AuthFailure::Token(TokenError::Malformed))),
         };
         // Unknown and deleted tenants have no keys: the token's key is unknown.
         let state = self.store.tenant_state(tenant).await.map_err(Err)?;
         let Some(mut state) = state.filter(|s| s.tenant.status != TenantStatus::Deleted) else {
             return Err(Ok(AuthFailure::Token(TokenError::UnknownKey)));
         };
-        let ctx = match cached {
-            Some(ctx) => {
+        let ctx = match (cached, claimed) {
+            (Some(ctx), _) => {
                 let leeway =
                     time::Duration::seconds(i64::try_from(settings.leeway_secs).unwrap_or(0));
                 if now >= ctx.expires_at() + leeway {
@@ -128,11 +134,8 @@ impl Authenticator {
                 }
                 ctx
             }
-            None => {
-                let claimed = self
-                    .verifier
-                    .inspect(token)
-                    .map_err(|e| Ok(AuthFailure::Token(e)))?;
+            (None, None) => return Err(Ok(AuthFailure::Token(TokenError::Malformed))),
+            (None, Some(claimed)) => {
                 // A key rotated on another instance may be newer than the cached state: look
                 // again, at most once a second per tenant.
                 if state.key(&claimed.kid).is_none() {

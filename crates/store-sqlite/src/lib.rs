@@ -153,14 +153,7 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, BackendError> {
-        let pooled = self.inner.readers.lock().pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => schema::open_reader(&self.inner.path).map_err(sql::map)?,
-        };
-        let out = f(&conn).map_err(sql::map);
-        self.inner.readers.lock().push(conn);
-        out
+        self.inner.with_reader(f)
     }
 
     /// Runs `f` on a pooled read connection on the blocking thread pool.
@@ -175,17 +168,26 @@ impl SqliteStore {
             .await
             .map_err(|_| BackendError::Unavailable("storage is shutting down".into()))?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = match inner.readers.lock().pop() {
-                Some(c) => c,
-                None => schema::open_reader(&inner.path).map_err(sql::map)?,
-            };
-            let out = f(&conn).map_err(sql::map);
-            inner.readers.lock().push(conn);
-            out
-        })
-        .await
-        .map_err(|e| BackendError::Other(format!("read task failed: {e}")))?
+        tokio::task::spawn_blocking(move || inner.with_reader(f))
+            .await
+            .map_err(|e| BackendError::Other(format!("read task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    /// Runs `f` on an idle read connection (opening one if none is idle), then returns it.
+    fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, BackendError> {
+        let pooled = self.readers.lock().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => schema::open_reader(&self.path).map_err(sql::map)?,
+        };
+        let out = f(&conn).map_err(sql::map);
+        self.readers.lock().push(conn);
+        out
     }
 }
 

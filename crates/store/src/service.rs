@@ -266,12 +266,20 @@ impl Store {
     pub async fn active_signing_key(&self, id: TenantId) -> Result<SigningKeyPair, StoreError> {
         let keys = self.registry.signing_keys(id).await?;
         let row = keys.iter().find(|k| k.active).ok_or(StoreError::NotFound)?;
+        self.open_signing_key(row)
+    }
+
+    /// Unwraps a stored signing key with the master key (authenticated: tenant and kid).
+    fn open_signing_key(&self, row: &SigningKeyRow) -> Result<SigningKeyPair, StoreError> {
+        let id = row.tenant;
+        let integrity = |e: &dyn std::fmt::Display| {
+            StoreError::Integrity(format!("signing key of tenant {id}: {e}"))
+        };
         let der = self
             .master
             .unwrap_signing_key(id, &row.kid, &row.wrapped_private)
-            .map_err(|e| StoreError::Integrity(format!("signing key of tenant {id}: {e}")))?;
-        SigningKeyPair::from_pkcs8(id, row.kid.clone(), row.alg, &der)
-            .map_err(|e| StoreError::Integrity(e.to_string()))
+            .map_err(|e| integrity(&e))?;
+        SigningKeyPair::from_pkcs8(id, row.kid.clone(), row.alg, &der).map_err(|e| integrity(&e))
     }
 
     /// Adds a new signing key and makes it the active one; older keys keep verifying.
@@ -342,16 +350,7 @@ impl Store {
                 // authenticated by the master key (AAD: tenant and kid). The stored public key
                 // is not trusted: someone who can write the database but lacks the master key
                 // cannot plant a key of their own.
-                let der = self
-                    .master
-                    .unwrap_signing_key(id, &k.kid, &k.wrapped_private)
-                    .map_err(|e| {
-                        StoreError::Integrity(format!("signing key of tenant {id}: {e}"))
-                    })?;
-                let pair = SigningKeyPair::from_pkcs8(id, k.kid, k.alg, &der).map_err(|e| {
-                    StoreError::Integrity(format!("signing key of tenant {id}: {e}"))
-                })?;
-                out.push(pair.public().clone());
+                out.push(self.open_signing_key(&k)?.public().clone());
             }
             out
         };
