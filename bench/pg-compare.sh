@@ -18,8 +18,6 @@
 # Settings (environment variables, all optional):
 #   RUNS=3 DURATION=10 WARMUP=2       rounds; measured seconds per run; Bulkhead warmup seconds
 #   TENANTS=1000 RECORDS=1000         data size (seeded once, on both sides)
-#   RUN_RECORDS=10                    records per tenant that each `bulkhead bench read` run
-#                                     seeds for itself (see "Reuse" in bench/README.md)
 #   POOL_SIZE=16                      Bulkhead's PostgreSQL pool (BULKHEAD_STORAGE__POOL_SIZE)
 #   CLIENTS=$POOL_SIZE                pgbench clients (-c); -j is JOBS=2
 #   CONNECTIONS=64                    `bulkhead bench` HTTP connections
@@ -40,7 +38,6 @@ DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 TENANTS=${TENANTS:-1000}
 RECORDS=${RECORDS:-1000}
-RUN_RECORDS=${RUN_RECORDS:-10}
 POOL_SIZE=${POOL_SIZE:-16}
 CLIENTS=${CLIENTS:-$POOL_SIZE}
 JOBS=${JOBS:-2}
@@ -384,7 +381,7 @@ pg_started=$(psql_su -d postgres -Atc "SELECT pg_postmaster_start_time()")
     echo "cpu:         $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "postgresql:  $(psql_su -d postgres -Atc 'SHOW server_version') at $PGHOST:$PGPORT, shared_buffers $(psql_su -d postgres -Atc 'SHOW shared_buffers'), synchronous_commit $(psql_su -d postgres -Atc 'SHOW synchronous_commit'), fsync $(psql_su -d postgres -Atc 'SHOW fsync')"
     echo "pgbench:     $("$PGBENCH" --version)"
-    echo "settings:    runs=$RUNS duration=${DURATION}s warmup=${WARMUP}s (bulkhead) tenants=$TENANTS records=$RECORDS run_records=$RUN_RECORDS"
+    echo "settings:    runs=$RUNS duration=${DURATION}s warmup=${WARMUP}s (bulkhead) tenants=$TENANTS records=$RECORDS "
     echo "concurrency: pgbench -c $CLIENTS -j $JOBS; bulkhead bench --connections $CONNECTIONS against a pool of $POOL_SIZE"
     echo "load:        $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) at start"
 } | tee "$OUT/machine.txt" >&2
@@ -395,7 +392,7 @@ note "seeding $TENANTS tenants x $RECORDS records through Bulkhead (HTTP, setup 
 t0=$(date +%s)
 "$bin" bench read --json --tenants "$TENANTS" --records-per-tenant "$RECORDS" \
     --setup-concurrency "$SETUP_CONCURRENCY" --connections "$CONNECTIONS" --duration 1 --warmup 0 \
-    >"$OUT/seed.json" 2>"$OUT/seed.log" || { tail -n 5 "$OUT/seed.log" >&2; die "seeding failed"; }
+    --save-targets "$OUT/targets.json" >"$OUT/seed.json" 2>"$OUT/seed.log" || { tail -n 5 "$OUT/seed.log" >&2; die "seeding failed"; }
 seed_s=$(($(date +%s) - t0))
 seeded=$(psql_su -d "$DB" -Atc "SELECT count(*) FROM records")
 data_bytes=$(psql_su -d "$DB" -Atc "SELECT coalesce(round(avg(octet_length(data))), 150) FROM records")
@@ -458,15 +455,15 @@ run_pgbench() {
     note "  $name: $(sed -n 's/^tps = \([0-9]*\).*/\1/p' "$OUT/$name.log") tps, latency avg $(sed -n 's/^latency average = //p' "$OUT/$name.log")"
 }
 
-# run_bulkhead NAME SCENARIO RECORDS_PER_TENANT ROUND
+# run_bulkhead NAME SCENARIO ROUND: on the seeded tenants (all TENANTS x RECORDS records).
 run_bulkhead() {
-    local name=$1-$4 scenario=$2 records=$3 pid status=0
-    "$bin" bench "$scenario" --json --tenants "$TENANTS" --records-per-tenant "$records" \
-        --connections "$CONNECTIONS" --setup-concurrency "$SETUP_CONCURRENCY" \
+    local name=$1-$3 scenario=$2 pid status=0
+    "$bin" bench "$scenario" --json --targets "$OUT/targets.json" \
+        --connections "$CONNECTIONS" \
         --duration "$DURATION" --warmup "$WARMUP" >"$OUT/$name.json" 2>"$OUT/$name.log" &
     pid=$!
     helper sample --out "$OUT/$name.cpu.json" --db "$DB" --gen "$pid" --server "$server_pid" \
-        --trigger-file "$OUT/$name.log" --trigger-text "set up " \
+        --trigger-file "$OUT/$name.log" --trigger-text "saved tenants" \
         --delay "$WARMUP.3" --window "$((DURATION - 1))" &
     bg_pids+=($!)
     wait "$pid" || status=$?
@@ -501,8 +498,8 @@ for round in $(seq "$RUNS"); do
             pgb-write-rls) run run_pgbench "$t" write_rls.sql "$APP_ROLE" "$round" ;;
             pgb-write-rls-pipe) run run_pgbench "$t" write_rls_pipeline.sql "$APP_ROLE" "$round" ;;
             pgb-write-plain) run run_pgbench "$t" write_plain.sql "$PLAIN_ROLE" "$round" ;;
-            bh-read) run run_bulkhead "$t" read "$RUN_RECORDS" "$round" ;;
-            bh-write) run run_bulkhead "$t" write 0 "$round" ;;
+            bh-read) run run_bulkhead "$t" read "$round" ;;
+            bh-write) run run_bulkhead "$t" write "$round" ;;
         esac
     done
 done
@@ -511,12 +508,12 @@ done
 
 if ((PERF)); then
     note "profiling: one more Bulkhead read run, under perf (system-wide 5 s, then the server 5 s)"
-    "$bin" bench read --json --tenants "$TENANTS" --records-per-tenant "$RUN_RECORDS" \
-        --connections "$CONNECTIONS" --setup-concurrency "$SETUP_CONCURRENCY" \
+    "$bin" bench read --json --targets "$OUT/targets.json" \
+        --connections "$CONNECTIONS" \
         --duration 14 --warmup "$WARMUP" >"$OUT/perf-run.json" 2>"$OUT/perf-run.log" &
     perf_gen=$!
     bg_pids+=($perf_gen)
-    until grep -q "set up " "$OUT/perf-run.log" 2>/dev/null; do
+    until grep -q "saved tenants" "$OUT/perf-run.log" 2>/dev/null; do
         kill -0 "$perf_gen" 2>/dev/null || die "the profiled run ended early: $(tail -n 1 "$OUT/perf-run.log")"
         sleep 0.1
     done
@@ -555,7 +552,7 @@ echo
 {
     echo "Bulkhead HTTP on PostgreSQL vs. pgbench, medians of $RUNS interleaved runs of ${DURATION}s"
     echo "data: $TENANTS tenants x $RECORDS records on both sides ($data_bytes-byte rows); each bulkhead read run"
-    echo "reads $TENANTS x $RUN_RECORDS records it seeds itself; pgbench reads all $TENANTS x $RECORDS rows"
+    echo "Bulkhead reads and writes through the seeded tenants (--targets); both sides read all $TENANTS x $RECORDS rows"
     echo
     helper summary "$OUT" "$CLIENTS" "$CONNECTIONS" "$POOL_SIZE"
     if [[ -n $restarted ]]; then

@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +39,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -156,15 +157,25 @@ pub struct BenchArgs {
     /// Concurrent requests during setup
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub setup_concurrency: u32,
+
+    /// After setup, save the tenants (their member tokens, valid 24 h, and seeded record
+    /// ids) to FILE (mode 0600), so later runs can reuse them with --targets
+    #[arg(long, value_name = "FILE", conflicts_with = "targets")]
+    pub save_targets: Option<PathBuf>,
+
+    /// Skip setup: run against the tenants an earlier run saved with --save-targets
+    /// (--tenants and --records-per-tenant are then taken from the file)
+    #[arg(long, value_name = "FILE")]
+    pub targets: Option<PathBuf>,
 }
 
 /// Runs `bulkhead bench`; prints the results (JSON with `--json`) and fails
 /// if more than 1 % of the requests failed.
-pub async fn bench(remote: &Remote, args: BenchArgs) -> anyhow::Result<()> {
+pub async fn bench(remote: &Remote, mut args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
     // Every scenario but healthz sets up tenants: ask for the token first.
-    let admin = match args.scenario {
-        Scenario::Healthz => None,
+    let admin = match (args.scenario, &args.targets) {
+        (Scenario::Healthz, _) | (_, Some(_)) => None,
         _ => Some(remote.operator_client()?),
     };
     let probe = ApiClient::new(&remote.url, None)?;
@@ -181,9 +192,30 @@ pub async fn bench(remote: &Remote, args: BenchArgs) -> anyhow::Result<()> {
 
     let seed = args.seed.unwrap_or_else(seed_from_clock);
     let run_id = run_id(seed);
-    let tenants = match &admin {
-        Some(admin) => setup(admin, &args, &base, &run_id).await?,
-        None => Vec::new(),
+    let tenants = match (&admin, &args.targets) {
+        (_, Some(file)) if args.scenario != Scenario::Healthz => {
+            let targets = load_targets(file, &base)?;
+            // Report what the run used, not the (ignored) setup arguments.
+            args.tenants = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+            args.records_per_tenant = targets
+                .iter()
+                .map(|t| u32::try_from(t.records.len()).unwrap_or(u32::MAX))
+                .max()
+                .unwrap_or(0);
+            targets
+        }
+        (Some(admin), _) => {
+            let (targets, saved) = setup(admin, &args, &base, &run_id).await?;
+            if let Some(file) = &args.save_targets {
+                save_targets(file, &saved)?;
+                eprintln!(
+                    "saved the tenants to {} (it holds tokens: keep it private)",
+                    file.display()
+                );
+            }
+            targets
+        }
+        (None, _) => Vec::new(),
     };
 
     let plan = Arc::new(Plan::new(&args, &base, addr, tenants)?);
@@ -245,7 +277,7 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
         Scenario::Write | Scenario::Healthz => false,
     };
     ensure!(
-        !reads || args.records_per_tenant > 0,
+        !reads || args.records_per_tenant > 0 || args.targets.is_some(),
         "the {} scenario reads records: --records-per-tenant must be at least 1",
         args.scenario.as_str()
     );
@@ -266,25 +298,114 @@ struct TenantTarget {
     records: Vec<Uri>,
 }
 
+/// A tenant as `--save-targets` writes it: paths relative to the server's base URL, so the
+/// file also serves another instance of the same deployment.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedTarget {
+    /// The member token (secret).
+    token: String,
+    /// The path writes go to.
+    create: String,
+    /// The paths of the seeded records.
+    records: Vec<String>,
+}
+
+/// The file `--save-targets` writes and `--targets` reads.
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedTargets {
+    /// Format version (1).
+    version: u32,
+    tenants: Vec<SavedTarget>,
+}
+
+impl SavedTarget {
+    fn target(&self, base: &BaseUrl) -> anyhow::Result<TenantTarget> {
+        let mut auth = HeaderValue::try_from(format!("Bearer {}", self.token))?;
+        auth.set_sensitive(true);
+        Ok(TenantTarget {
+            auth,
+            create: Uri::try_from(base.path(&self.create))?,
+            records: self
+                .records
+                .iter()
+                .map(|r| Uri::try_from(base.path(r)).map_err(anyhow::Error::from))
+                .collect::<anyhow::Result<_>>()?,
+        })
+    }
+}
+
+/// Writes the saved tenants, readable by the owner only (the file holds tokens).
+fn save_targets(file: &Path, tenants: &[SavedTarget]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let body = serde_json::to_vec(&json!({ "version": 1, "tenants": tenants }))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(file)
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    f.write_all(&body)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// Reads tenants saved by an earlier run.
+fn load_targets(file: &Path, base: &BaseUrl) -> anyhow::Result<Vec<TenantTarget>> {
+    let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let saved: SavedTargets = serde_json::from_slice(&body)
+        .with_context(|| format!("{} is not a file written by --save-targets", file.display()))?;
+    ensure!(
+        saved.version == 1,
+        "{}: unknown format version {}",
+        file.display(),
+        saved.version
+    );
+    ensure!(
+        !saved.tenants.is_empty(),
+        "{} holds no tenants",
+        file.display()
+    );
+    let targets = saved
+        .tenants
+        .iter()
+        .map(|t| t.target(base))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    eprintln!(
+        "using {} saved tenants with {} records in all from {}",
+        targets.len(),
+        targets.iter().map(|t| t.records.len()).sum::<usize>(),
+        file.display()
+    );
+    Ok(targets)
+}
+
 /// Creates the tenants, their tokens, collections and records.
 async fn setup(
     admin: &ApiClient,
     args: &BenchArgs,
     base: &BaseUrl,
     run_id: &str,
-) -> anyhow::Result<Vec<TenantTarget>> {
+) -> anyhow::Result<(Vec<TenantTarget>, Vec<SavedTarget>)> {
     let bar = ProgressBar::new(u64::from(args.tenants)).with_style(bar_style(
         "{msg:>12} [{bar:40}] {pos}/{len} tenants ({per_sec}, eta {eta})",
     ));
     bar.set_message("setting up");
-    // Tokens must outlive setup and the run, whatever setup takes.
-    let ttl = 3600 + args.warmup + args.duration;
-    let targets: Vec<TenantTarget> = futures::stream::iter(0..args.tenants)
+    // Tokens must outlive setup and the run, whatever setup takes (and later runs, if saved).
+    let ttl = match args.save_targets {
+        Some(_) => 24 * 3600,
+        None => 3600,
+    } + args.warmup
+        + args.duration;
+    let targets: Vec<SavedTarget> = futures::stream::iter(0..args.tenants)
         .map(|i| {
             let bar = &bar;
             async move {
                 let name = format!("bench-{run_id}-{i}");
-                let target = setup_tenant(admin, base, args, &name, ttl)
+                let target = setup_tenant(admin, args, &name, ttl)
                     .await
                     .with_context(|| format!("cannot set up tenant `{name}`"))?;
                 bar.inc(1);
@@ -300,17 +421,20 @@ async fn setup(
         targets.len(),
         args.records_per_tenant
     );
-    Ok(targets)
+    let live = targets
+        .iter()
+        .map(|t| t.target(base))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((live, targets))
 }
 
 /// Creates one tenant and everything the run needs in it.
 async fn setup_tenant(
     admin: &ApiClient,
-    base: &BaseUrl,
     args: &BenchArgs,
     name: &str,
     ttl: u64,
-) -> anyhow::Result<TenantTarget> {
+) -> anyhow::Result<SavedTarget> {
     let tenant = admin
         .post(
             "/v1/tenants",
@@ -355,17 +479,14 @@ async fn setup_tenant(
         let record = tenant_client
             .post(&create_path, &json!({ "data": { "n": n, "s": FILLER } }))
             .await?;
-        let path = base.path(&format!(
+        records.push(format!(
             "{create_path}/{}",
             encode(str_field(&record, "id")?)
         ));
-        records.push(Uri::try_from(path)?);
     }
-    let mut auth = HeaderValue::try_from(format!("Bearer {}", str_field(&run_token, "token")?))?;
-    auth.set_sensitive(true);
-    Ok(TenantTarget {
-        auth,
-        create: Uri::try_from(base.path(&create_path))?,
+    Ok(SavedTarget {
+        token: str_field(&run_token, "token")?.to_owned(),
+        create: create_path,
         records,
     })
 }

@@ -296,6 +296,25 @@ impl Conn {
         statement.await.map_err(|e| self.fail(&e))
     }
 
+    /// Runs one statement that sets the tenant for row-level security itself: a call of one of
+    /// the record functions of `migrations/0002_single_statement.sql`, whose first step is
+    /// `set_config('bulkhead.tenant_id', p_tenant, true)`.
+    ///
+    /// Sent outside any explicit transaction block, the statement is its own implicit
+    /// transaction: the tenant setting ends with it (as after `COMMIT`), and a failure rolls it
+    /// back whole. One statement, one Sync, one answer: the cheapest a tenant operation can be
+    /// (see BENCHMARKS.md, "PostgreSQL vs pgbench").
+    ///
+    /// INVARIANT: `statement` is a call of a function that sets the tenant from the same
+    /// `p_tenant` argument it filters on; a plain statement on a tenant-owned table sent this
+    /// way would run with no tenant set and find nothing (fail closed), never another tenant.
+    pub(crate) async fn tenant_statement<T>(
+        &self,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, BackendError> {
+        self.run(statement).await
+    }
+
     /// Runs `body` in one transaction with `tenant` set for row-level security.
     ///
     /// Pipelined: `BEGIN`, `set_config`, `body`'s statement and `COMMIT` are polled together

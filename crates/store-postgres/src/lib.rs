@@ -299,23 +299,46 @@ impl RecordBackend for PostgresStore {
         let updated = micros(row.updated_at);
         // Create when the caller expects no collection, else replace the expected version.
         let expected = expected.map(sql_version).transpose()?;
-        let statement = match expected {
-            None => sql::CREATE_COLLECTION,
-            Some(_) => sql::REPLACE_COLLECTION,
-        };
-        let (tx, [st]) = conn.prepare_tx(Mode::Write, [statement]).await?;
         let tenant = t.as_uuid();
         let name = row.name.as_str();
         let definition = row.sealed_definition.as_slice();
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            vec![&tenant, &name, &version, &definition, &created, &updated];
-        if let Some(e) = &expected {
-            params.push(e);
+        match expected {
+            None => {
+                let (tx, [st]) = conn
+                    .prepare_tx(Mode::Write, [sql::CREATE_COLLECTION])
+                    .await?;
+                let n = conn
+                    .transaction(
+                        &tx,
+                        t,
+                        conn.client()?.execute(
+                            &st,
+                            &[&tenant, &name, &version, &definition, &created, &updated],
+                        ),
+                    )
+                    .await?;
+                Ok(n == 1)
+            }
+            Some(expected) => {
+                let [st] = conn.prepare([sql::REPLACE_COLLECTION]).await?;
+                let row = conn
+                    .tenant_statement(conn.client()?.query_one(
+                        &st,
+                        &[
+                            &tenant,
+                            &name,
+                            &version,
+                            &definition,
+                            &created,
+                            &updated,
+                            &expected,
+                        ],
+                    ))
+                    .await?;
+                let n: i64 = col(&row, 0)?;
+                Ok(n == 1)
+            }
         }
-        let n = conn
-            .transaction(&tx, t, conn.client()?.execute(&st, &params))
-            .await?;
-        Ok(n == 1)
     }
 
     async fn collection(
@@ -377,23 +400,19 @@ impl RecordBackend for PostgresStore {
         }
         let version = sql_version(collection_version)?;
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::REINDEX]).await?;
+        let [st] = conn.prepare([sql::REINDEX]).await?;
         let row = conn
-            .transaction(
-                &tx,
-                t,
-                conn.client()?.query_one(
-                    &st,
-                    &[
-                        &t.as_uuid(),
-                        &name.as_str(),
-                        &version,
-                        &ids,
-                        &token_ids,
-                        &tokens,
-                    ],
-                ),
-            )
+            .tenant_statement(conn.client()?.query_one(
+                &st,
+                &[
+                    &t.as_uuid(),
+                    &name.as_str(),
+                    &version,
+                    &ids,
+                    &token_ids,
+                    &tokens,
+                ],
+            ))
             .await?;
         col(&row, 0)
     }
@@ -405,30 +424,26 @@ impl RecordBackend for PostgresStore {
         let tokens: Vec<&[u8]> = row.index.iter().map(|t| t.as_slice()).collect();
         let idem = row.idempotency.as_ref();
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::INSERT_RECORD]).await?;
+        let [st] = conn.prepare([sql::INSERT_RECORD]).await?;
         let out = conn
-            .transaction(
-                &tx,
-                t,
-                conn.client()?.query_one(
-                    &st,
-                    &[
-                        &t.as_uuid(),
-                        &rec.collection.as_str(),
-                        &rec.id.as_uuid(),
-                        &sql_version(rec.version)?,
-                        &rec.ciphertext.as_slice(),
-                        &micros(rec.created_at),
-                        &micros(rec.updated_at),
-                        &sql_version(row.collection_version)?,
-                        &tokens,
-                        &idem.map(|i| i.key.as_slice()),
-                        &idem.map(|i| i.request.as_slice()),
-                        &idem.map(|i| i.sealed_response.as_slice()),
-                        &idem.map(|i| micros(i.expires_at)),
-                    ],
-                ),
-            )
+            .tenant_statement(conn.client()?.query_one(
+                &st,
+                &[
+                    &t.as_uuid(),
+                    &rec.collection.as_str(),
+                    &rec.id.as_uuid(),
+                    &sql_version(rec.version)?,
+                    &rec.ciphertext.as_slice(),
+                    &micros(rec.created_at),
+                    &micros(rec.updated_at),
+                    &sql_version(row.collection_version)?,
+                    &tokens,
+                    &idem.map(|i| i.key.as_slice()),
+                    &idem.map(|i| i.request.as_slice()),
+                    &idem.map(|i| i.sealed_response.as_slice()),
+                    &idem.map(|i| micros(i.expires_at)),
+                ],
+            ))
             .await?;
         match outcome(&out)?.as_str() {
             "inserted" => Ok(InsertOutcome::Inserted),
@@ -448,11 +463,9 @@ impl RecordBackend for PostgresStore {
         // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
         let t = s.tenant();
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::GET_RECORD]).await?;
+        let [st] = conn.prepare([sql::GET_RECORD]).await?;
         let row = conn
-            .transaction(
-                &tx,
-                t,
+            .tenant_statement(
                 conn.client()?
                     .query_opt(&st, &[&t.as_uuid(), &name.as_str(), &id.as_uuid()]),
             )
@@ -466,26 +479,22 @@ impl RecordBackend for PostgresStore {
         let rec = &row.record;
         let tokens: Vec<&[u8]> = row.index.iter().map(|t| t.as_slice()).collect();
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::UPDATE_RECORD]).await?;
+        let [st] = conn.prepare([sql::UPDATE_RECORD]).await?;
         let out = conn
-            .transaction(
-                &tx,
-                t,
-                conn.client()?.query_one(
-                    &st,
-                    &[
-                        &t.as_uuid(),
-                        &rec.collection.as_str(),
-                        &rec.id.as_uuid(),
-                        &sql_version(rec.version)?,
-                        &rec.ciphertext.as_slice(),
-                        &micros(rec.updated_at),
-                        &sql_version(row.expected_version)?,
-                        &sql_version(row.collection_version)?,
-                        &tokens,
-                    ],
-                ),
-            )
+            .tenant_statement(conn.client()?.query_one(
+                &st,
+                &[
+                    &t.as_uuid(),
+                    &rec.collection.as_str(),
+                    &rec.id.as_uuid(),
+                    &sql_version(rec.version)?,
+                    &rec.ciphertext.as_slice(),
+                    &micros(rec.updated_at),
+                    &sql_version(row.expected_version)?,
+                    &sql_version(row.collection_version)?,
+                    &tokens,
+                ],
+            ))
             .await?;
         write_outcome(&out)
     }
@@ -501,16 +510,12 @@ impl RecordBackend for PostgresStore {
         let t = s.tenant();
         let expected = expected.map(sql_version).transpose()?;
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql::DELETE_RECORD]).await?;
+        let [st] = conn.prepare([sql::DELETE_RECORD]).await?;
         let out = conn
-            .transaction(
-                &tx,
-                t,
-                conn.client()?.query_one(
-                    &st,
-                    &[&t.as_uuid(), &name.as_str(), &id.as_uuid(), &expected],
-                ),
-            )
+            .tenant_statement(conn.client()?.query_one(
+                &st,
+                &[&t.as_uuid(), &name.as_str(), &id.as_uuid(), &expected],
+            ))
             .await?;
         write_outcome(&out)
     }

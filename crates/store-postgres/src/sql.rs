@@ -102,10 +102,11 @@ pub(crate) const CREATE_COLLECTION: &str = "INSERT INTO collections
      VALUES ($1, $2, $3, $4, $5, $6)
      ON CONFLICT (tenant_id, name) DO NOTHING";
 
-/// A changed collection: only if it is still at the version the caller read (`$7`).
-pub(crate) const REPLACE_COLLECTION: &str = "UPDATE collections
-        SET version = $3, definition = $4, created_at = $5, updated_at = $6
-      WHERE tenant_id = $1 AND name = $2 AND version = $7";
+/// A changed collection: only if it is still at the version the caller read (`$7`); takes
+/// the collection's advisory lock exclusively, so no record write interleaves. One statement
+/// (sets the tenant itself: see `migrations/0002_single_statement.sql`).
+pub(crate) const REPLACE_COLLECTION: &str =
+    "SELECT bulkhead_replace_collection($1, $2, $3, $4, $5, $6, $7)";
 
 pub(crate) const COLLECTION: &str =
     "SELECT name, version, definition, created_at, updated_at FROM collections
@@ -116,6 +117,9 @@ pub(crate) const COLLECTIONS: &str =
       WHERE tenant_id = $1 ORDER BY name";
 
 // ---- records ------------------------------------------------------------------------------
+//
+// The record functions set the tenant (transaction-locally) themselves and run as one
+// statement outside any explicit transaction: see `Conn::tenant_statement`.
 
 pub(crate) const INSERT_RECORD: &str = "SELECT outcome, replay
        FROM bulkhead_insert_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
@@ -128,9 +132,9 @@ pub(crate) const DELETE_RECORD: &str =
 
 pub(crate) const REINDEX: &str = "SELECT bulkhead_reindex($1, $2, $3, $4, $5, $6)";
 
-pub(crate) const GET_RECORD: &str =
-    "SELECT collection, id, version, data, created_at, updated_at FROM records
-      WHERE tenant_id = $1 AND collection = $2 AND id = $3";
+/// One statement (sets the tenant itself: see `migrations/0002_single_statement.sql`).
+pub(crate) const GET_RECORD: &str = "SELECT collection, id, version, data, created_at, updated_at
+       FROM bulkhead_get_record($1, $2, $3)";
 
 /// Records of a collection in id order, after `$3` (the nil id to start).
 pub(crate) const LIST_RECORDS: &str =

@@ -283,13 +283,18 @@ async fn a_reused_pooled_connection_carries_no_tenant() {
         let c = env.harness.store.unscoped_client().await.unwrap();
         backend_pid(&c).await
     };
-    // A tenant-plane read and write on the pooled connection.
+    // A tenant-plane write and read (single statements that set the tenant themselves) and a
+    // list (a pipelined transaction) on the pooled connection.
     let h = env.store.tenant(&ctx).await.unwrap();
     let created = h
         .create_record(&users(), json!({"email": "two@x.example"}), None)
         .await
         .unwrap();
     h.get_record(&users(), created.record.id).await.unwrap();
+    assert_eq!(
+        h.query(&users(), &[], None, 10).await.unwrap().items.len(),
+        2
+    );
 
     let c = env.harness.store.unscoped_client().await.unwrap();
     assert_eq!(backend_pid(&c).await, pid, "the same connection was reused");
@@ -587,7 +592,16 @@ async fn migrations_are_idempotent_and_serialized() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    // Every migration file ran, once: `NNNN_name.sql` is version NNNN.
+    let mut files: Vec<i64> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".sql"))
+        .map(|n| n[..4].parse().unwrap())
+        .collect();
+    files.sort_unstable();
+    assert!(files.len() >= 2, "migration files: {files:?}");
+    assert_eq!(versions, files);
     // Every tenant-owned table has RLS enabled and forced, and `bulkhead_app` owns nothing.
     for table in TENANT_TABLES {
         let row = c

@@ -62,6 +62,17 @@ pub struct TenantState {
     pub public_keys: Vec<PublicKey>,
     keys: Option<Arc<TenantKeys>>,
     loaded_at: Instant,
+    /// What the keys above were opened from (the wrapped root key, and each signing key's
+    /// wrapped private key): a reload that finds the same bytes reuses them instead of
+    /// unwrapping and deriving again.
+    source: KeySource,
+}
+
+/// The stored, wrapped key material a [`TenantState`] was opened from.
+#[derive(Debug, PartialEq, Eq)]
+struct KeySource {
+    root: Option<Vec<u8>>,
+    signing: Vec<(String, &'static str, Vec<u8>)>,
 }
 
 impl TenantState {
@@ -330,29 +341,57 @@ impl Store {
         {
             return Ok(Some(s));
         }
+        let previous = self.tenants.get(&id);
         let Some(row) = self.registry.tenant(id).await? else {
             return Ok(None);
         };
-        let keys = match (&row.wrapped_root, row.tenant.status) {
-            (Some(w), TenantStatus::Active | TenantStatus::Suspended) => {
-                Some(Arc::new(self.master.open_tenant_root(id, w).map_err(
-                    |e| StoreError::Integrity(format!("root key of tenant {id}: {e}")),
-                )?))
-            }
+        let live = matches!(
+            row.tenant.status,
+            TenantStatus::Active | TenantStatus::Suspended
+        );
+        let root = match (&row.wrapped_root, live) {
+            (Some(w), true) => Some(w),
             _ => None,
         };
-        let public_keys = if row.tenant.status == TenantStatus::Deleted {
+        let signing = if row.tenant.status == TenantStatus::Deleted {
             Vec::new()
         } else {
-            let mut out = Vec::new();
-            for k in self.registry.signing_keys(id).await? {
-                // INVARIANT: a verification key is derived from the private key, which is
-                // authenticated by the master key (AAD: tenant and kid). The stored public key
-                // is not trusted: someone who can write the database but lacks the master key
-                // cannot plant a key of their own.
-                out.push(self.open_signing_key(&k)?.public().clone());
+            self.registry.signing_keys(id).await?
+        };
+        let source = KeySource {
+            root: root.map(|w| w.as_bytes().to_vec()),
+            signing: signing
+                .iter()
+                .map(|k| {
+                    (
+                        k.kid.as_str().to_owned(),
+                        k.alg.as_str(),
+                        k.wrapped_private.as_bytes().to_vec(),
+                    )
+                })
+                .collect(),
+        };
+        // The common case of a reload: nothing about the keys changed (only the cache entry
+        // aged). Unwrapping is authenticated decryption plus key derivation; skip it.
+        let (keys, public_keys) = match previous {
+            Some(p) if p.source == source => (p.keys.clone(), p.public_keys.clone()),
+            _ => {
+                let keys = match root {
+                    Some(w) => Some(Arc::new(self.master.open_tenant_root(id, w).map_err(
+                        |e| StoreError::Integrity(format!("root key of tenant {id}: {e}")),
+                    )?)),
+                    None => None,
+                };
+                let mut public_keys = Vec::with_capacity(signing.len());
+                for k in &signing {
+                    // INVARIANT: a verification key is derived from the private key, which is
+                    // authenticated by the master key (AAD: tenant and kid). The stored public
+                    // key is not trusted: someone who can write the database but lacks the
+                    // master key cannot plant a key of their own.
+                    public_keys.push(self.open_signing_key(k)?.public().clone());
+                }
+                (keys, public_keys)
             }
-            out
         };
         let state = Arc::new(TenantState {
             placement: row.placement,
@@ -360,6 +399,7 @@ impl Store {
             public_keys,
             keys,
             loaded_at: Instant::now(),
+            source,
         });
         self.tenants.insert(id, state.clone());
         Ok(Some(state))
