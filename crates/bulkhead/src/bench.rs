@@ -1487,6 +1487,38 @@ mod tests {
     }
 
     #[test]
+    fn saved_targets_round_trip_privately_and_rebase_on_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("targets.json");
+        let saved = vec![SavedTarget {
+            token: "tok".into(),
+            create: "/v1/collections/bench/records".into(),
+            records: vec!["/v1/collections/bench/records/r1".into()],
+        }];
+        save_targets(&file, &saved).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the file holds tokens");
+        }
+        // Another instance of the same deployment, under a path prefix.
+        let base = BaseUrl::parse("http://127.0.0.1:8701/pfx").unwrap();
+        let loaded = load_targets(&file, &base).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(loaded[0].auth, "Bearer tok");
+        assert_eq!(loaded[0].create, "/pfx/v1/collections/bench/records");
+        assert_eq!(loaded[0].records[0], "/pfx/v1/collections/bench/records/r1");
+        // Not a targets file: a clear error, not an empty run.
+        std::fs::write(&file, br#"{"version": 1, "tenants": []}"#).unwrap();
+        let e = load_targets(&file, &base).unwrap_err().to_string();
+        assert!(e.contains("holds no tenants"), "{e}");
+        std::fs::write(&file, b"[]").unwrap();
+        let e = load_targets(&file, &base).unwrap_err().to_string();
+        assert!(e.contains("not a file written by --save-targets"), "{e}");
+    }
+
+    #[test]
     fn requests_are_prebuilt_per_tenant() {
         let base = BaseUrl::parse("http://127.0.0.1:8700/pfx").unwrap();
         let (_, args) = parse(&["mixed", "--read-ratio", "0.5"]);
