@@ -68,6 +68,12 @@ pub struct CacheConfig {
     pub ttl_seconds: u64,
     /// Most tenants and collections cached.
     pub capacity: usize,
+    /// PostgreSQL: milliseconds between polls of the registry change feed, through which
+    /// other instances' changes to a tenant (suspension, keys, tier) reach this one.
+    pub feed_interval_ms: u64,
+    /// PostgreSQL: seconds tenant state stays cached while the change feed works (a safety
+    /// net; the feed invalidates changed tenants within `feed_interval_ms`).
+    pub feed_ttl_seconds: u64,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -134,6 +140,8 @@ impl Default for CacheConfig {
         Self {
             ttl_seconds: 5,
             capacity: 100_000,
+            feed_interval_ms: 1000,
+            feed_ttl_seconds: 60,
         }
     }
 }

@@ -203,6 +203,8 @@ pub async fn build(
         idempotency_ttl: Duration::from_secs(cfg.storage.idempotency_hours.saturating_mul(3600)),
         cache_ttl: Duration::from_secs(cfg.cache.ttl_seconds),
         cache_capacity: cfg.cache.capacity,
+        feed_interval: Duration::from_millis(cfg.cache.feed_interval_ms),
+        feed_cache_ttl: Duration::from_secs(cfg.cache.feed_ttl_seconds),
     };
     let store = Store::open(registry, backend, master, store_cfg)
         .await

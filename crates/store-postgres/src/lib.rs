@@ -41,8 +41,8 @@ use async_trait::async_trait;
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, TierName};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
-    SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry,
+    RegistryChange, Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
 };
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -235,6 +235,31 @@ impl Registry for PostgresStore {
             .run(conn.client()?.query(&st, &[&id.as_uuid()]))
             .await?;
         rows.iter().map(|r| sql::signing_key(id, r)).collect()
+    }
+
+    async fn registry_revision(&self) -> Result<Option<i64>, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::REGISTRY_REVISION]).await?;
+        let row = conn.run(conn.client()?.query_one(&st, &[])).await?;
+        Ok(Some(col(&row, 0)?))
+    }
+
+    async fn registry_changes(
+        &self,
+        after: i64,
+    ) -> Result<Option<Vec<RegistryChange>>, BackendError> {
+        let conn = self.conn().await?;
+        let [st] = conn.prepare([sql::REGISTRY_CHANGES]).await?;
+        let rows = conn.run(conn.client()?.query(&st, &[&after])).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RegistryChange {
+                    tenant: sql::tenant_id(col(r, 0)?),
+                    revision: col(r, 1)?,
+                })
+            })
+            .collect::<Result<Vec<_>, BackendError>>()
+            .map(Some)
     }
 
     async fn add_signing_key(&self, key: &SigningKeyRow) -> Result<(), BackendError> {

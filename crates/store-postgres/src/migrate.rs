@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "single_statement",
         include_str!("../migrations/0002_single_statement.sql"),
     ),
+    (
+        6,
+        "registry_feed",
+        include_str!("../migrations/0006_registry_feed.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations hold (an arbitrary constant: "bulkhead" in ASCII).

@@ -94,6 +94,13 @@ pub(crate) const ADD_SIGNING_KEY: &str = "WITH d AS (
      INSERT INTO signing_keys (tenant_id, kid, alg, public_key, wrapped_private, created_at, active)
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
+/// The highest revision of the registry change feed (`migrations/0006_registry_feed.sql`).
+pub(crate) const REGISTRY_REVISION: &str = "SELECT coalesce(max(revision), 0) FROM tenants";
+
+/// Tenants changed after revision `$1`, lowest revision first.
+pub(crate) const REGISTRY_CHANGES: &str = "SELECT tenant_id, revision FROM tenants
+      WHERE revision > $1 ORDER BY revision LIMIT 5000";
+
 // ---- collections --------------------------------------------------------------------------
 
 /// A new collection: only if none of that name exists (`expected = None`).
@@ -206,7 +213,7 @@ pub(crate) fn sql_limit(n: usize) -> i64 {
 /// The smallest id: "from the start" in keyset pagination. Never a real id (not a UUIDv7).
 pub(crate) const START: Uuid = Uuid::nil();
 
-fn tenant_id(u: Uuid) -> TenantId {
+pub(crate) fn tenant_id(u: Uuid) -> TenantId {
     TenantId::from_bytes(u.into_bytes())
 }
 

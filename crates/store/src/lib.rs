@@ -10,6 +10,7 @@
 //! - [`contract`] (feature `contract`) is the one test suite every adapter runs.
 
 pub mod error;
+mod feed;
 pub mod port;
 pub mod service;
 

@@ -62,6 +62,14 @@ pub struct TenantPatch {
     pub tier: Option<TierName>,
 }
 
+/// A change of a tenant's registry entry (status, tier, keys…), as the change feed reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryChange {
+    pub tenant: TenantId,
+    /// Increases with every change (but changes commit out of order: see `feed.rs`).
+    pub revision: i64,
+}
+
 /// The operator-plane registry: tenants, their keys, and server-wide settings.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
@@ -95,6 +103,23 @@ pub trait Registry: Send + Sync + 'static {
     async fn signing_keys(&self, id: TenantId) -> Result<Vec<SigningKeyRow>, BackendError>;
     /// Adds a key and makes it the active one.
     async fn add_signing_key(&self, key: &SigningKeyRow) -> Result<(), BackendError>;
+
+    /// The highest revision of the registry change feed, or `None` if this backend has no
+    /// feed (a backend only one process uses: every change goes through that process's store,
+    /// which updates its own cache).
+    async fn registry_revision(&self) -> Result<Option<i64>, BackendError> {
+        Ok(None)
+    }
+
+    /// The tenants whose registry entries changed with a revision above `after`, lowest first
+    /// (at most a few thousand; the rest on the next call). `None`: no feed.
+    async fn registry_changes(
+        &self,
+        after: i64,
+    ) -> Result<Option<Vec<RegistryChange>>, BackendError> {
+        let _ = after;
+        Ok(None)
+    }
 }
 
 /// A collection definition as stored: the schema is encrypted with the tenant's data key.

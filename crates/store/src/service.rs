@@ -37,8 +37,17 @@ pub struct StoreConfig {
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
     /// How long tenant state (status, keys) and collection definitions are cached before they
-    /// are re-read. Bounds how long another instance's change takes to apply here.
+    /// are re-read. Bounds how long another instance's change takes to apply here — for
+    /// tenant state, only while the registry change feed is not working (or the backend has
+    /// none).
     pub cache_ttl: Duration,
+    /// How often the registry change feed is polled (backends shared by several instances).
+    /// Another instance's change to a tenant (suspension, key rotation, tier) applies here
+    /// within about this long.
+    pub feed_interval: Duration,
+    /// How long tenant state is cached while the change feed works (a safety net: the feed
+    /// invalidates changed tenants long before).
+    pub feed_cache_ttl: Duration,
     /// Most tenants and collections kept in the caches.
     pub cache_capacity: usize,
 }
@@ -49,6 +58,8 @@ impl Default for StoreConfig {
             limits: InputLimits::default(),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             cache_ttl: Duration::from_secs(5),
+            feed_interval: Duration::from_secs(1),
+            feed_cache_ttl: Duration::from_secs(60),
             cache_capacity: 100_000,
         }
     }
@@ -96,7 +107,9 @@ pub struct Store {
     shared: Arc<dyn RecordBackend>,
     master: MasterKey,
     cfg: StoreConfig,
-    tenants: quick_cache::sync::Cache<TenantId, Arc<TenantState>>,
+    tenants: Arc<quick_cache::sync::Cache<TenantId, Arc<TenantState>>>,
+    /// The registry change feed, if the backend has one.
+    feed: Option<crate::feed::Feed>,
     collections: quick_cache::sync::Cache<(TenantId, CollectionName), Arc<CachedCollection>>,
 }
 
@@ -126,11 +139,21 @@ impl Store {
             return Err(StoreError::Internal(WRONG_MASTER_KEY.into()));
         }
         let cap = cfg.cache_capacity.max(16);
+        let tenants = Arc::new(quick_cache::sync::Cache::new(cap));
+        let feed = {
+            let tenants: Arc<quick_cache::sync::Cache<TenantId, Arc<TenantState>>> =
+                Arc::clone(&tenants);
+            crate::feed::Feed::start(registry.clone(), cfg.feed_interval, move |id| {
+                tenants.remove(&id);
+            })
+            .await?
+        };
         Ok(Self {
             registry,
             shared,
             master,
-            tenants: quick_cache::sync::Cache::new(cap),
+            tenants,
+            feed,
             collections: quick_cache::sync::Cache::new(cap),
             cfg,
         })
@@ -322,9 +345,23 @@ impl Store {
         }
     }
 
+    /// How long cached tenant state is trusted: long while the change feed invalidates changed
+    /// tenants, short otherwise.
+    fn tenant_ttl(&self) -> Duration {
+        match &self.feed {
+            Some(f) if f.live() => self.cfg.feed_cache_ttl.max(self.cfg.cache_ttl),
+            _ => self.cfg.cache_ttl,
+        }
+    }
+
+    /// Whether the registry change feed is running and recently succeeded.
+    pub fn change_feed_live(&self) -> bool {
+        self.feed.as_ref().is_some_and(crate::feed::Feed::live)
+    }
+
     /// Cached tenant state for authentication. `None` for an unknown tenant.
     pub async fn tenant_state(&self, id: TenantId) -> Result<Option<Arc<TenantState>>, StoreError> {
-        self.tenant_state_younger_than(id, self.cfg.cache_ttl).await
+        self.tenant_state_younger_than(id, self.tenant_ttl()).await
     }
 
     /// Like [`Store::tenant_state`], re-reading the registry if the cached state is `max_age`
@@ -337,7 +374,7 @@ impl Store {
         max_age: Duration,
     ) -> Result<Option<Arc<TenantState>>, StoreError> {
         if let Some(s) = self.tenants.get(&id)
-            && s.loaded_at.elapsed() < max_age.min(self.cfg.cache_ttl)
+            && s.loaded_at.elapsed() < max_age.min(self.tenant_ttl())
         {
             return Ok(Some(s));
         }
