@@ -348,7 +348,7 @@ async fn tier_api_validates_and_lists(backend: Backend) {
     ] {
         assert_eq!(put_tier(&app, "gold", bad.clone()).await.status, 400, "{bad}");
     }
-    assert_eq!(put_tier(&app, "Not A Name", json!({})).await.status, 400);
+    assert_eq!(put_tier(&app, "Not_A_Name", json!({})).await.status, 400);
     // Only the operator defines tiers.
     let (_, ta) = app.tenant_with_notes("a").await;
     assert_eq!(
