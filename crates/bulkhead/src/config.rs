@@ -309,7 +309,9 @@ impl Config {
         let env = Env::prefixed("BULKHEAD_")
             .filter(|k| {
                 let k = k.as_str().to_ascii_lowercase();
-                k == "database_url" || k == "redis_url" || ENV_KEYS.contains(&k.split("__").next().unwrap_or(""))
+                k == "database_url"
+                    || k == "redis_url"
+                    || ENV_KEYS.contains(&k.split("__").next().unwrap_or(""))
             })
             .map(|k| match k.as_str().to_ascii_lowercase().as_str() {
                 // The one short form: `BULKHEAD_DATABASE_URL` is `[storage] url`.
@@ -400,10 +402,16 @@ mod tests {
             let c = Config::load(Some(Path::new("b.toml"))).unwrap();
             assert_eq!(c.limits.input().max_body_bytes, 4096);
             assert_eq!(c.limits.metrics_top_k, 7);
-            assert_eq!(c.limits.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+            assert_eq!(
+                c.limits.redis_url.as_deref(),
+                Some("redis://127.0.0.1:6379")
+            );
             let tiers = c.limits.tier_limits().unwrap();
             assert_eq!(tiers["free"].burst, 3);
-            assert_eq!(tiers["free"].rate_per_second, TierLimits::builtin("free").rate_per_second);
+            assert_eq!(
+                tiers["free"].rate_per_second,
+                TierLimits::builtin("free").rate_per_second
+            );
             assert_eq!(tiers["gold"].rate_per_second, 5.5);
             assert_eq!(tiers["gold"].burst, TierLimits::builtin("standard").burst);
             assert!(tiers.contains_key("enterprise"));

@@ -343,7 +343,11 @@ async fn two_instances_share_a_rate_limit_through_redis() {
         if l.body["effective"]["rate_per_second"] == json!(RATE) {
             break;
         }
-        assert!(Instant::now() < deadline, "instance 2 never saw the tier: {:?}", l.body);
+        assert!(
+            Instant::now() < deadline,
+            "instance 2 never saw the tier: {:?}",
+            l.body
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let the bucket drain from the probes above, then flood both instances for 10 s.
@@ -351,7 +355,11 @@ async fn two_instances_share_a_rate_limit_through_redis() {
     let end = Instant::now() + Duration::from_secs(SECONDS);
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let addr = if i % 2 == 0 { s1.addr.clone() } else { s2.addr.clone() };
+        let addr = if i % 2 == 0 {
+            s1.addr.clone()
+        } else {
+            s2.addr.clone()
+        };
         let ta = ta.clone();
         tasks.push(tokio::spawn(async move {
             let http = Http::new(&addr);

@@ -78,7 +78,9 @@ impl Authenticator {
 
     /// Authenticates a bearer token into a tenant context.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<TenantContext>, ApiError> {
-        self.authenticate_with_state(token).await.map(|(ctx, _)| ctx)
+        self.authenticate_with_state(token)
+            .await
+            .map(|(ctx, _)| ctx)
     }
 
     /// Like [`Authenticator::authenticate`], also giving the tenant's (cached) registry state,

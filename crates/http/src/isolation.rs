@@ -17,8 +17,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::TenantContext;
 use bulkhead_core::tier::TierLimits;
-use bulkhead_limits::metrics::{Outcome, TenantMetrics};
 use bulkhead_limits::fair::{FairConfig, FairQueue};
+use bulkhead_limits::metrics::{Outcome, TenantMetrics};
 use bulkhead_limits::{Limiter, LocalLimiter, RateDecision, Refusal};
 use bulkhead_store::Store;
 
@@ -118,10 +118,7 @@ impl Isolation {
         let top = self.limiter.take_top(self.metrics.k());
         self.metrics.rerank(&top);
         let g = &self.metrics.global;
-        #[allow(
-            clippy::cast_precision_loss,
-            reason = "gauges: counts far below 2^52"
-        )]
+        #[allow(clippy::cast_precision_loss, reason = "gauges: counts far below 2^52")]
         {
             g.limiter_tenants.set(self.limiter.len() as f64);
             g.limiter_memory_bytes
@@ -192,8 +189,10 @@ pub(crate) async fn isolate(State(st): State<AppState>, mut req: Request, next: 
         && len > limits.max_body_bytes
     {
         series.record(Outcome::ClientError, started.elapsed());
-        return ApiError::BodyTooLarge(usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX))
-            .into_response();
+        return ApiError::BodyTooLarge(
+            usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+        )
+        .into_response();
     }
 
     let iso = &st.isolation;

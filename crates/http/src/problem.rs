@@ -183,11 +183,7 @@ impl ApiError {
                 "overloaded",
                 "Server saturated",
             ),
-            QuotaExceeded(_) => (
-                StatusCode::FORBIDDEN,
-                "quota-exceeded",
-                "Quota exceeded",
-            ),
+            QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota-exceeded", "Quota exceeded"),
             Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

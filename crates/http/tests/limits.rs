@@ -32,8 +32,14 @@ both_backends!(
 
 /// Defines (or redefines) a tier through the operator API.
 async fn put_tier(app: &TestApp, name: &str, body: Value) -> common::Resp {
-    app.call("PUT", &format!("/v1/tiers/{name}"), Some(ADMIN), Some(body), &[])
-        .await
+    app.call(
+        "PUT",
+        &format!("/v1/tiers/{name}"),
+        Some(ADMIN),
+        Some(body),
+        &[],
+    )
+    .await
 }
 
 /// A tenant on `tier` with an admin token.
@@ -72,10 +78,7 @@ async fn over_the_rate_is_429_with_headers_and_other_tenants_are_served(backend:
     }
     let refused = app.get("/v1/collections", &ta).await;
     assert_eq!(refused.status, 429, "{:?}", refused.body);
-    assert_eq!(
-        refused.problem_type(),
-        "urn:bulkhead:problem:rate-limited"
-    );
+    assert_eq!(refused.problem_type(), "urn:bulkhead:problem:rate-limited");
     assert_eq!(header(&refused, "retry-after"), "100");
     assert_eq!(header(&refused, "ratelimit-policy"), "\"tiny\";q=3;w=300");
     assert!(header(&refused, "ratelimit").starts_with("\"tiny\";r=0;"));
@@ -125,7 +128,10 @@ async fn a_changed_tier_or_override_applies_without_restart(backend: Backend) {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let l = app.get(&format!("/v1/tenants/{a}/limits"), ADMIN).await;
     assert_eq!(l.body["tier"], "standard");
-    assert_eq!(l.body["overrides"], json!({"burst": 2, "rate_per_second": 0.01}));
+    assert_eq!(
+        l.body["overrides"],
+        json!({"burst": 2, "rate_per_second": 0.01})
+    );
     assert_eq!(l.body["effective"]["burst"], 2);
     // Less than one request is owed from the fast tier: the first fits, the third cannot.
     assert_eq!(app.get("/v1/collections", &ta).await.status, 200);
@@ -243,7 +249,11 @@ async fn storage_quota_is_403_and_writes_nothing(backend: Backend) {
     );
     assert_eq!(refused.body["quota"], "max_records");
     let listed = app.get("/v1/collections/notes/records", &ta).await;
-    assert_eq!(listed.body["items"].as_array().unwrap().len(), 2, "nothing written");
+    assert_eq!(
+        listed.body["items"].as_array().unwrap().len(),
+        2,
+        "nothing written"
+    );
     let coll = app
         .call(
             "PUT",
@@ -286,7 +296,10 @@ async fn usage_shows_the_callers_own_figures_only(backend: Backend) {
     let ub = app.get("/v1/usage", &tb).await;
     assert_eq!(ub.status, 200);
     assert_eq!(ub.body["tier"], "free");
-    assert_eq!(ub.body["usage"], json!({"records": 0, "bytes": 0, "collections": 0}));
+    assert_eq!(
+        ub.body["usage"],
+        json!({"records": 0, "bytes": 0, "collections": 0})
+    );
     // No token, or the operator's, gets nothing.
     assert_eq!(
         app.call("GET", "/v1/usage", None, None, &[]).await.status,
@@ -301,9 +314,7 @@ async fn metrics_are_for_the_operator_only(backend: Backend) {
     app.note(&ta, "one").await;
     app.state.isolation.housekeeping();
     app.note(&ta, "two").await;
-    let m = app
-        .call("GET", "/metrics", Some(ADMIN), None, &[])
-        .await;
+    let m = app.call("GET", "/metrics", Some(ADMIN), None, &[]).await;
     assert_eq!(m.status, 200);
     assert!(
         header(&m, "content-type").starts_with("text/plain"),
@@ -312,7 +323,9 @@ async fn metrics_are_for_the_operator_only(backend: Backend) {
     );
     let text = String::from_utf8_lossy(&m.raw);
     assert!(
-        text.contains(&format!("bulkhead_requests_total{{tenant=\"{a}\",outcome=\"ok\"}}")),
+        text.contains(&format!(
+            "bulkhead_requests_total{{tenant=\"{a}\",outcome=\"ok\"}}"
+        )),
         "{text}"
     );
     assert!(text.contains("bulkhead_request_duration_seconds_bucket"));
@@ -321,12 +334,20 @@ async fn metrics_are_for_the_operator_only(backend: Backend) {
     let t = app.call("GET", "/metrics", Some(&ta), None, &[]).await;
     assert_eq!(t.status, 401);
     assert!(!String::from_utf8_lossy(&t.raw).contains("bulkhead_requests_total"));
-    assert_eq!(app.call("GET", "/metrics", None, None, &[]).await.status, 401);
+    assert_eq!(
+        app.call("GET", "/metrics", None, None, &[]).await.status,
+        401
+    );
 }
 
 async fn tier_api_validates_and_lists(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let r = put_tier(&app, "gold", json!({"rate_per_second": 50, "max_records": 10})).await;
+    let r = put_tier(
+        &app,
+        "gold",
+        json!({"rate_per_second": 50, "max_records": 10}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["name"], "gold");
     assert_eq!(r.body["limits"]["max_records"], 10);
@@ -346,22 +367,36 @@ async fn tier_api_validates_and_lists(backend: Backend) {
         json!({"max_concurrency": 0}),
         json!({"bursts": 5}),
     ] {
-        assert_eq!(put_tier(&app, "gold", bad.clone()).await.status, 400, "{bad}");
+        assert_eq!(
+            put_tier(&app, "gold", bad.clone()).await.status,
+            400,
+            "{bad}"
+        );
     }
     assert_eq!(put_tier(&app, "Not_A_Name", json!({})).await.status, 400);
     // Only the operator defines tiers.
     let (_, ta) = app.tenant_with_notes("a").await;
     assert_eq!(
-        app.call("PUT", "/v1/tiers/gold", Some(&ta), Some(json!({"burst": 1})), &[])
-            .await
-            .status,
+        app.call(
+            "PUT",
+            "/v1/tiers/gold",
+            Some(&ta),
+            Some(json!({"burst": 1})),
+            &[]
+        )
+        .await
+        .status,
         401
     );
     assert_eq!(app.get("/v1/tiers", &ta).await.status, 401);
     // Tenants can be put on the new tier, not on an unknown one.
     tenant_on(&app, "g", "gold").await;
     let r = app
-        .post("/v1/tenants", ADMIN, json!({"name": "x", "tier": "platinum"}))
+        .post(
+            "/v1/tenants",
+            ADMIN,
+            json!({"name": "x", "tier": "platinum"}),
+        )
         .await;
     assert_eq!(r.status, 400);
 }
@@ -383,7 +418,9 @@ async fn tier_body_limit_is_enforced(backend: Backend) {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let big = json!({"data": {"title": "x".repeat(2000)}});
-    let refused = app.post("/v1/collections/notes/records", &ta, big.clone()).await;
+    let refused = app
+        .post("/v1/collections/notes/records", &ta, big.clone())
+        .await;
     assert_eq!(refused.status, 413, "{:?}", refused.body);
     // Twin: the same body from a tenant whose tier allows it.
     let ok = app.post("/v1/collections/notes/records", &tb, big).await;

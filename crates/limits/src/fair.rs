@@ -227,7 +227,10 @@ mod tests {
         }
         let order = order.lock().clone();
         let pos = order.iter().position(|s| s == "quiet").unwrap();
-        assert!(pos <= 1, "served after at most one flood request: {order:?}");
+        assert!(
+            pos <= 1,
+            "served after at most one flood request: {order:?}"
+        );
         assert_eq!(fq.active(), 0);
         assert_eq!(fq.depth(), 0);
     }
@@ -260,7 +263,10 @@ mod tests {
             }
             r
         };
-        assert!(results.iter().filter(|r| r.is_err()).count() >= 1, "{results:?}");
+        assert!(
+            results.iter().filter(|r| r.is_err()).count() >= 1,
+            "{results:?}"
+        );
         assert_eq!(quiet_task.await.unwrap(), Ok(()));
         assert_eq!(quiet_task2.await.unwrap(), Ok(()));
         assert_eq!(fq.active(), 0);

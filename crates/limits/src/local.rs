@@ -344,7 +344,10 @@ mod tests {
         assert!(l.admit(a, &high, now).is_ok());
         // From a slow tier to a fast one: the slow tier's debt does not carry over as time.
         let slow = limits(0.01, 1, 10);
-        assert!(l.admit(a, &slow, now).is_err(), "two owed at 100/s are 200 s at 0.01/s");
+        assert!(
+            l.admit(a, &slow, now).is_err(),
+            "two owed at 100/s are 200 s at 0.01/s"
+        );
         let fast = limits(1000.0, 1000, 10);
         for _ in 0..900 {
             assert!(l.admit(a, &fast, now).is_ok());

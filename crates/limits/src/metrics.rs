@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use bulkhead_core::TenantId;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use metrics_util::MetricKindMask;
 use parking_lot::RwLock;
 
@@ -139,7 +141,8 @@ impl TenantMetrics {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let other = Arc::new(series(&recorder, OTHER));
-        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
+        let gauge =
+            |name: &'static str| recorder.register_gauge(&Key::from_static_name(name), &METADATA);
         let global = Global {
             limiter_tenants: gauge("bulkhead_limiter_tenants"),
             limiter_memory_bytes: gauge("bulkhead_limiter_memory_bytes"),
@@ -208,7 +211,8 @@ fn series(r: &PrometheusRecorder, tenant: &str) -> Series {
         }
         r.register_counter(&Key::from_parts(name, labels), &METADATA)
     };
-    let requests = |outcome: &'static str| counter("bulkhead_requests_total", Some(("outcome", outcome)));
+    let requests =
+        |outcome: &'static str| counter("bulkhead_requests_total", Some(("outcome", outcome)));
     Series {
         ok: requests("ok"),
         client_error: requests("client_error"),
@@ -224,9 +228,18 @@ fn series(r: &PrometheusRecorder, tenant: &str) -> Series {
             &METADATA,
         ),
         quota: [
-            counter("bulkhead_quota_exceeded_total", Some(("quota", "max_records"))),
-            counter("bulkhead_quota_exceeded_total", Some(("quota", "max_bytes"))),
-            counter("bulkhead_quota_exceeded_total", Some(("quota", "max_collections"))),
+            counter(
+                "bulkhead_quota_exceeded_total",
+                Some(("quota", "max_records")),
+            ),
+            counter(
+                "bulkhead_quota_exceeded_total",
+                Some(("quota", "max_bytes")),
+            ),
+            counter(
+                "bulkhead_quota_exceeded_total",
+                Some(("quota", "max_collections")),
+            ),
         ],
     }
 }
@@ -245,7 +258,8 @@ mod tests {
         }
         m.rerank(&[(ids[7], 50), (ids[3], 40), (ids[9], 30)]);
         for t in &ids {
-            m.series(*t).record(Outcome::ThrottledRate, Duration::from_millis(1));
+            m.series(*t)
+                .record(Outcome::ThrottledRate, Duration::from_millis(1));
         }
         let text = m.render();
         let tenants: std::collections::BTreeSet<&str> = text
@@ -262,6 +276,9 @@ mod tests {
         );
         assert!(text.contains("outcome=\"throttled_rate\""));
         assert!(text.contains("bulkhead_request_duration_seconds_bucket"));
-        assert!(!text.contains(&ids[9].to_string()), "the third tenant is not in the top 2");
+        assert!(
+            !text.contains(&ids[9].to_string()),
+            "the third tenant is not in the top 2"
+        );
     }
 }

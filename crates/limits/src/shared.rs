@@ -261,7 +261,10 @@ impl Redis {
         self.fallbacks.increment(1);
         self.up_gauge.set(0.0);
         if !self.down.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = why, "redis is unreachable: enforcing limits locally until it answers");
+            tracing::warn!(
+                error = why,
+                "redis is unreachable: enforcing limits locally until it answers"
+            );
         }
     }
 

@@ -62,7 +62,11 @@ async fn two_instances_share_one_burst() {
             Err(other) => panic!("{other:?}"),
         }
     }
-    assert_eq!((admitted.len(), refused), (5, 15), "one burst for both instances");
+    assert_eq!(
+        (admitted.len(), refused),
+        (5, 15),
+        "one burst for both instances"
+    );
     // Twin: another tenant has its own burst.
     for _ in 0..5 {
         admitted.push(two.admit(b, &l).await.unwrap());
@@ -140,7 +144,9 @@ async fn limits_are_shared_again_when_redis_returns() {
         .trim_start_matches("redis://")
         .trim_end_matches('/')
         .to_owned();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             let target = target.clone();

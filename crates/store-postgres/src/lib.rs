@@ -39,13 +39,13 @@ mod sql;
 pub mod testing;
 
 use async_trait::async_trait;
+use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, TierName};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
     CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
     SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
-use bulkhead_core::tier::{LimitOverrides, Usage};
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
@@ -267,10 +267,7 @@ impl Registry for PostgresStore {
         self.put_tier_impl(row).await
     }
 
-    async fn tenant_overrides(
-        &self,
-        id: TenantId,
-    ) -> Result<Option<LimitOverrides>, BackendError> {
+    async fn tenant_overrides(&self, id: TenantId) -> Result<Option<LimitOverrides>, BackendError> {
         self.tenant_overrides_impl(id).await
     }
 

@@ -18,7 +18,8 @@ const TIERS: &str = "SELECT name, limits, updated_at FROM tiers ORDER BY name";
 const PUT_TIER: &str = "INSERT INTO tiers (name, limits, updated_at) VALUES ($1, $2, $3)
      ON CONFLICT (name) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at";
 const TENANT_OVERRIDES: &str = "SELECT overrides FROM tenant_limits WHERE tenant_id = $1";
-const SET_TENANT_OVERRIDES: &str = "INSERT INTO tenant_limits (tenant_id, overrides) VALUES ($1, $2)
+const SET_TENANT_OVERRIDES: &str =
+    "INSERT INTO tenant_limits (tenant_id, overrides) VALUES ($1, $2)
      ON CONFLICT (tenant_id) DO UPDATE SET overrides = excluded.overrides";
 const CLEAR_TENANT_OVERRIDES: &str = "DELETE FROM tenant_limits WHERE tenant_id = $1";
 /// INVARIANT: both tenant-owned tables are filtered on `$1`, the scope's tenant.
@@ -58,10 +59,10 @@ impl PostgresStore {
         let conn = self.conn().await?;
         let [st] = conn.prepare([PUT_TIER]).await?;
         let limits = encode(&row.limits)?;
-        conn.run(conn.client()?.execute(
-            &st,
-            &[&row.name.as_str(), &limits, &micros(row.updated_at)],
-        ))
+        conn.run(
+            conn.client()?
+                .execute(&st, &[&row.name.as_str(), &limits, &micros(row.updated_at)]),
+        )
         .await
         .map(drop)
     }

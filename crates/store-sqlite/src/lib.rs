@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
     CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
     SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
-use bulkhead_core::tier::{LimitOverrides, Usage};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -306,10 +306,7 @@ impl Registry for SqliteStore {
         self.write(move |c| limits::put_tier(c, &row)).await
     }
 
-    async fn tenant_overrides(
-        &self,
-        id: TenantId,
-    ) -> Result<Option<LimitOverrides>, BackendError> {
+    async fn tenant_overrides(&self, id: TenantId) -> Result<Option<LimitOverrides>, BackendError> {
         self.point_read(|c| limits::tenant_overrides(c, id))
     }
 

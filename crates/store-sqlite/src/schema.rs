@@ -7,7 +7,8 @@ use rusqlite::{Connection, OpenFlags};
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
 ///
 /// INVARIANT: the tenant id leads every primary key and index of a tenant-owned table.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -116,7 +117,8 @@ CREATE TRIGGER records_usage_delete AFTER DELETE ON records BEGIN
     UPDATE tenant_usage SET records = records - 1, bytes = bytes - length(OLD.data)
      WHERE tenant_id = OLD.tenant_id;
 END;
-"];
+",
+];
 
 /// The writer: WAL, and every commit fsync'd before it is acknowledged.
 pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {

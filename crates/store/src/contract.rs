@@ -1094,7 +1094,10 @@ pub async fn tiers_and_overrides_are_stored<H: Harness>() {
     assert_eq!(limits.burst, standard.burst);
     let rows = env.harness.registry().tiers().await.unwrap();
     assert_eq!(rows.len(), 1);
-    assert_eq!((rows[0].name.clone(), rows[0].limits), (gold.clone(), limits));
+    assert_eq!(
+        (rows[0].name.clone(), rows[0].limits),
+        (gold.clone(), limits)
+    );
     assert_eq!(env.store.tier("gold").unwrap().1, limits);
     // Replacing keeps one row.
     env.store
@@ -1129,12 +1132,27 @@ pub async fn tiers_and_overrides_are_stored<H: Harness>() {
         .await
         .unwrap();
     assert_eq!(env.store.limit_overrides(a.tenant()).await.unwrap(), o);
-    assert!(env.store.limit_overrides(b.tenant()).await.unwrap().is_empty());
+    assert!(
+        env.store
+            .limit_overrides(b.tenant())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let la = env.store.tenant(&a).await.unwrap().limits().max_concurrency;
     let lb = env.store.tenant(&b).await.unwrap().limits().max_concurrency;
     assert_eq!((la, lb), (3, standard.max_concurrency));
-    env.store.set_limit_overrides(a.tenant(), None).await.unwrap();
-    assert!(env.store.limit_overrides(a.tenant()).await.unwrap().is_empty());
+    env.store
+        .set_limit_overrides(a.tenant(), None)
+        .await
+        .unwrap();
+    assert!(
+        env.store
+            .limit_overrides(a.tenant())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         env.store.tenant(&a).await.unwrap().limits().max_concurrency,
         standard.max_concurrency
@@ -1168,9 +1186,13 @@ pub async fn storage_quotas_refuse_and_write_nothing<H: Harness>() {
         .await
         .unwrap();
     for i in 0..2 {
-        ha.create_record(&coll("users"), json!({"email": format!("{i}@x.example")}), None)
-            .await
-            .unwrap();
+        ha.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
     }
     match ha
         .create_record(&coll("users"), json!({"email": "3@x.example"}), None)
@@ -1182,7 +1204,11 @@ pub async fn storage_quotas_refuse_and_write_nothing<H: Harness>() {
     // Nothing was written.
     assert_eq!(ha.usage().await.unwrap().records, 2);
     assert_eq!(
-        ha.query(&coll("users"), &[], None, 10).await.unwrap().items.len(),
+        ha.query(&coll("users"), &[], None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
         2
     );
     // Twin: B, on the default tier, is not held to A's quotas.
@@ -1192,9 +1218,13 @@ pub async fn storage_quotas_refuse_and_write_nothing<H: Harness>() {
         .await
         .unwrap();
     for i in 0..3 {
-        hb.create_record(&coll("users"), json!({"email": format!("{i}@x.example")}), None)
-            .await
-            .unwrap();
+        hb.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
     }
     // A bytes quota.
     let c = env.tenant(&[Role::Admin]).await;

@@ -2,8 +2,8 @@
 //! its callers ([`StoreError`]).
 
 use bulkhead_core::TenantStatus;
-use bulkhead_core::tier::Quota;
 use bulkhead_core::schema::{FilterError, SchemaError, Violation};
+use bulkhead_core::tier::Quota;
 
 /// What an adapter can report. Adapters map their driver errors into these three classes.
 #[derive(Debug, thiserror::Error)]

@@ -110,8 +110,7 @@ pub trait Registry: Send + Sync + 'static {
     /// Creates or replaces a tier definition.
     async fn put_tier(&self, row: &TierRow) -> Result<(), BackendError>;
     /// A tenant's own limit overrides; `None` when it has none.
-    async fn tenant_overrides(&self, id: TenantId)
-    -> Result<Option<LimitOverrides>, BackendError>;
+    async fn tenant_overrides(&self, id: TenantId) -> Result<Option<LimitOverrides>, BackendError>;
     /// Sets (`Some`) or clears (`None`) a tenant's limit overrides.
     async fn set_tenant_overrides(
         &self,

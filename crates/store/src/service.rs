@@ -492,7 +492,10 @@ impl Store {
         let overrides = if row.tenant.status == TenantStatus::Deleted {
             LimitOverrides::default()
         } else {
-            self.registry.tenant_overrides(id).await?.unwrap_or_default()
+            self.registry
+                .tenant_overrides(id)
+                .await?
+                .unwrap_or_default()
         };
         let public_keys = if row.tenant.status == TenantStatus::Deleted {
             Vec::new()

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use bulkhead_core::token::{MintRequest, SigningAlg};
 use bulkhead_core::tier::{LimitOverrides, TierLimits};
+use bulkhead_core::token::{MintRequest, SigningAlg};
 use bulkhead_core::{Role, Roles, Subject, Tenant, TenantName, TenantStatus, TierName};
 use bulkhead_store::port::TenantPatch;
 use serde::{Deserialize, Serialize};
