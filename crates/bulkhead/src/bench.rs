@@ -44,6 +44,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+mod noisy;
+
 use crate::client::{ApiClient, BaseUrl, encode};
 use crate::ops::{Remote, Tier};
 
@@ -86,6 +88,12 @@ pub enum Scenario {
     Mixed,
     /// GET /healthz (no tenants, no setup): the server's floor
     Healthz,
+    /// One tenant floods (far over its tier's limit) while a quiet tenant
+    /// reads at a steady modest rate: the quiet tenant's latency alone and
+    /// under the flood
+    NoisyNeighbour,
+    /// The limiter's memory and cost with --tenants tenants (no server)
+    LimiterMemory,
 }
 
 impl Scenario {
@@ -96,17 +104,21 @@ impl Scenario {
             Self::Write => "write",
             Self::Mixed => "mixed",
             Self::Healthz => "healthz",
+            Self::NoisyNeighbour => "noisy-neighbour",
+            Self::LimiterMemory => "limiter-memory",
         }
     }
 }
 
 /// Load-test a running server.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "\
 Examples:
   bulkhead bench healthz --connections 32 --duration 5
   bulkhead bench read --tenants 1000 --records-per-tenant 10
   bulkhead bench mixed --read-ratio 0.8 --rate 5000 --json
+  bulkhead bench noisy-neighbour --quiet-rate 200 --flood-rate 20000
+  bulkhead bench limiter-memory --tenants 100000
 
 The operator token is needed for every scenario but healthz: setup creates
 tenants named bench-<run id>-<n> (left in place afterwards).
@@ -154,6 +166,26 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Tier::Enterprise)]
     pub tier: Tier,
 
+    /// noisy-neighbour: the quiet tenant's steady rate, requests per second
+    #[arg(long, value_name = "REQ_PER_S", default_value_t = 200.0)]
+    pub quiet_rate: f64,
+
+    /// noisy-neighbour: connections of the quiet tenant
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub quiet_connections: u32,
+
+    /// noisy-neighbour: the rate the flooder offers, requests per second (open loop)
+    #[arg(long, value_name = "REQ_PER_S", default_value_t = 20_000.0)]
+    pub flood_rate: f64,
+
+    /// noisy-neighbour: connections of the flooder
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub flood_connections: u32,
+
+    /// noisy-neighbour: the flooder's tier rate limit, requests per second
+    #[arg(long, value_name = "REQ_PER_S", default_value_t = 500.0)]
+    pub flood_limit: f64,
+
     /// Concurrent requests during setup
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub setup_concurrency: u32,
@@ -173,6 +205,11 @@ pub struct BenchArgs {
 /// if more than 1 % of the requests failed.
 pub async fn bench(remote: &Remote, mut args: BenchArgs) -> anyhow::Result<()> {
     validate(&args)?;
+    match args.scenario {
+        Scenario::LimiterMemory => return noisy::limiter_memory(remote, &args),
+        Scenario::NoisyNeighbour => return noisy::noisy_neighbour(remote, &args).await,
+        _ => {}
+    }
     // Every scenario but healthz sets up tenants: ask for the token first.
     let admin = match (args.scenario, &args.targets) {
         (Scenario::Healthz, _) | (_, Some(_)) => None,
@@ -272,10 +309,20 @@ fn validate(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     let reads = match args.scenario {
-        Scenario::Read => true,
+        Scenario::Read | Scenario::NoisyNeighbour => true,
         Scenario::Mixed => args.read_ratio > 0.0,
-        Scenario::Write | Scenario::Healthz => false,
+        Scenario::Write | Scenario::Healthz | Scenario::LimiterMemory => false,
     };
+    for (name, rate) in [
+        ("--quiet-rate", args.quiet_rate),
+        ("--flood-rate", args.flood_rate),
+        ("--flood-limit", args.flood_limit),
+    ] {
+        ensure!(
+            rate.is_finite() && rate > 0.0,
+            "{name} must be a positive number of requests per second, not {rate}"
+        );
+    }
     ensure!(
         !reads || args.records_per_tenant > 0 || args.targets.is_some(),
         "the {} scenario reads records: --records-per-tenant must be at least 1",
@@ -578,9 +625,9 @@ enum Op {
 /// Picks the next operation of a scenario.
 fn pick_op(scenario: Scenario, read_ratio: f64, rng: &mut Rng) -> Op {
     match scenario {
-        Scenario::Read => Op::Read,
+        Scenario::Read | Scenario::NoisyNeighbour => Op::Read,
         Scenario::Write => Op::Write,
-        Scenario::Healthz => Op::Healthz,
+        Scenario::Healthz | Scenario::LimiterMemory => Op::Healthz,
         Scenario::Mixed => {
             if rng.unit() < read_ratio {
                 Op::Read

@@ -8,7 +8,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use std::collections::BTreeMap;
+
+use bulkhead_core::TierName;
 use bulkhead_core::limits::InputLimits;
+use bulkhead_core::tier::{LimitOverrides, TierLimits};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -34,11 +38,9 @@ pub struct Config {
     /// A tracing filter (`info`, `bulkhead_http=debug,info`…); `RUST_LOG` overrides it.
     pub log_level: String,
     pub tokens: TokenConfig,
-    pub limits: InputLimits,
+    pub limits: LimitsConfig,
     pub cache: CacheConfig,
     pub storage: StorageConfig,
-    /// Tier names tenants may be given.
-    pub tiers: Vec<String>,
     /// A request still running after this many seconds is abandoned with 503.
     pub request_timeout_seconds: u64,
 }
@@ -59,6 +61,119 @@ pub struct TokenConfig {
     /// Most verified tokens cached (signature checks skipped on a hit; expiry and tenant status
     /// are checked on every request regardless).
     pub cache_capacity: usize,
+}
+
+/// `[limits]`: bounds on untrusted input, and performance isolation between tenants.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body accepted, in bytes (413 above it); a tier may only lower it.
+    pub max_body_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in a JSON body (422 above it).
+    pub max_json_depth: usize,
+    /// Largest record `data`, serialized, in bytes (413 above it).
+    pub max_record_bytes: usize,
+    /// Most records one list request returns.
+    pub max_page_size: usize,
+    /// Largest accepted token, in bytes (401 above it).
+    pub max_token_bytes: usize,
+    /// Most indexed fields per collection.
+    pub max_indexes: usize,
+    /// Largest collection schema, serialized, in bytes.
+    pub max_schema_bytes: usize,
+    /// Enforce per-tenant rate and concurrency limits (storage quotas are always enforced).
+    pub enabled: bool,
+    /// Tiers: `[limits.tiers.<name>]` with any of `rate_per_second`, `burst`,
+    /// `max_concurrency`, `max_records`, `max_bytes`, `max_collections`, `max_body_bytes`.
+    /// Fields left out keep the built-in limits of `free`/`standard`/`enterprise` (`standard`'s
+    /// for other names). The three built-in tiers always exist.
+    pub tiers: BTreeMap<String, LimitOverrides>,
+    /// Tenants with a `tenant` label of their own in `/metrics` (the top K by traffic); the
+    /// rest are counted as `tenant="other"`.
+    pub metrics_top_k: usize,
+    /// Seconds a tenant must be idle before the limiter forgets it.
+    pub idle_eviction_seconds: u64,
+    /// Seconds between re-reads of the tiers stored in the database.
+    pub tier_refresh_seconds: u64,
+    /// Redis URL (`redis://127.0.0.1:6379`): rate and concurrency limits are shared by every
+    /// instance using it. Unset: each instance limits on its own. Env: `BULKHEAD_REDIS_URL`.
+    pub redis_url: Option<String>,
+    /// Requests served at once, over all tenants; beyond it requests wait in per-tenant
+    /// queues served round-robin (fair scheduling).
+    pub fair_capacity: usize,
+    /// Requests of one tenant that may wait for a turn; more are shed (503).
+    pub fair_queue_per_tenant: usize,
+    /// Requests that may wait, over all tenants; beyond it the longest queue is shed first.
+    pub fair_queue_total: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let input = InputLimits::default();
+        Self {
+            max_body_bytes: input.max_body_bytes,
+            max_json_depth: input.max_json_depth,
+            max_record_bytes: input.max_record_bytes,
+            max_page_size: input.max_page_size,
+            max_token_bytes: input.max_token_bytes,
+            max_indexes: input.max_indexes,
+            max_schema_bytes: input.max_schema_bytes,
+            enabled: true,
+            tiers: BTreeMap::new(),
+            metrics_top_k: 20,
+            idle_eviction_seconds: 60,
+            tier_refresh_seconds: 2,
+            redis_url: None,
+            fair_capacity: 256,
+            fair_queue_per_tenant: 128,
+            fair_queue_total: 4096,
+        }
+    }
+}
+
+impl std::fmt::Debug for LimitsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitsConfig")
+            .field("input", &self.input())
+            .field("enabled", &self.enabled)
+            .field("tiers", &self.tiers)
+            .field("metrics_top_k", &self.metrics_top_k)
+            // URLs may carry passwords.
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl LimitsConfig {
+    /// The bounds on untrusted input.
+    pub fn input(&self) -> InputLimits {
+        InputLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_json_depth: self.max_json_depth,
+            max_record_bytes: self.max_record_bytes,
+            max_page_size: self.max_page_size,
+            max_token_bytes: self.max_token_bytes,
+            max_indexes: self.max_indexes,
+            max_schema_bytes: self.max_schema_bytes,
+        }
+    }
+
+    /// Every tier: the built-in ones, with the configured changes and additions.
+    pub fn tier_limits(&self) -> anyhow::Result<BTreeMap<String, TierLimits>> {
+        let mut all = bulkhead_store::service::builtin_tiers();
+        for (name, changes) in &self.tiers {
+            TierName::parse(name).map_err(|e| anyhow::anyhow!("limits.tiers: {e}"))?;
+            let base = all
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| TierLimits::builtin("standard"));
+            let l = base.with(changes);
+            l.check()
+                .map_err(|e| anyhow::anyhow!("limits.tiers.{name}: {e}"))?;
+            all.insert(name.clone(), l);
+        }
+        Ok(all)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,10 +228,9 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             tokens: TokenConfig::default(),
-            limits: InputLimits::default(),
+            limits: LimitsConfig::default(),
             cache: CacheConfig::default(),
             storage: StorageConfig::default(),
-            tiers: vec!["free".into(), "standard".into(), "enterprise".into()],
             request_timeout_seconds: 30,
         }
     }
@@ -186,7 +300,6 @@ const ENV_KEYS: &[&str] = &[
     "limits",
     "cache",
     "storage",
-    "tiers",
     "request_timeout_seconds",
 ];
 
@@ -204,11 +317,15 @@ impl Config {
         let env = Env::prefixed("BULKHEAD_")
             .filter(|k| {
                 let k = k.as_str().to_ascii_lowercase();
-                k == "database_url" || ENV_KEYS.contains(&k.split("__").next().unwrap_or(""))
+                k == "database_url"
+                    || k == "redis_url"
+                    || ENV_KEYS.contains(&k.split("__").next().unwrap_or(""))
             })
             .map(|k| match k.as_str().to_ascii_lowercase().as_str() {
                 // The one short form: `BULKHEAD_DATABASE_URL` is `[storage] url`.
                 "database_url" => "storage.url".into(),
+                // And `BULKHEAD_REDIS_URL` is `[limits] redis_url`.
+                "redis_url" => "limits.redis_url".into(),
                 other => other.replace("__", ".").into(),
             });
         fig = fig.merge(env);
@@ -238,11 +355,16 @@ impl Config {
         {
             anyhow::bail!("limits are too small to serve any request");
         }
-        for t in &self.tiers {
-            bulkhead_core::TierName::parse(t).map_err(|e| anyhow::anyhow!("tiers: {e}"))?;
+        self.limits.tier_limits()?;
+        if let Some(url) = &self.limits.redis_url {
+            bulkhead_limits::shared::check_url(url)
+                .map_err(|e| anyhow::anyhow!("limits.redis_url: {e}"))?;
         }
-        if !self.tiers.iter().any(|t| t == "standard") {
-            anyhow::bail!("tiers must include `standard` (the default tier)");
+        if self.limits.fair_capacity == 0 {
+            anyhow::bail!("limits.fair_capacity must be at least 1");
+        }
+        if self.limits.metrics_top_k > 10_000 {
+            anyhow::bail!("limits.metrics_top_k must be at most 10000");
         }
         Ok(())
     }
@@ -277,11 +399,46 @@ mod tests {
     }
 
     #[test]
+    fn tiers_from_the_file_over_the_built_in_ones() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "b.toml",
+                "[limits]\nmax_body_bytes = 4096\n[limits.tiers.free]\nburst = 3\n[limits.tiers.gold]\nrate_per_second = 5.5\n",
+            )?;
+            jail.set_env("BULKHEAD_LIMITS__METRICS_TOP_K", "7");
+            jail.set_env("BULKHEAD_REDIS_URL", "redis://127.0.0.1:6379");
+            let c = Config::load(Some(Path::new("b.toml"))).unwrap();
+            assert_eq!(c.limits.input().max_body_bytes, 4096);
+            assert_eq!(c.limits.metrics_top_k, 7);
+            assert_eq!(
+                c.limits.redis_url.as_deref(),
+                Some("redis://127.0.0.1:6379")
+            );
+            let tiers = c.limits.tier_limits().unwrap();
+            assert_eq!(tiers["free"].burst, 3);
+            assert_eq!(
+                tiers["free"].rate_per_second,
+                TierLimits::builtin("free").rate_per_second
+            );
+            assert_eq!(tiers["gold"].rate_per_second, 5.5);
+            assert_eq!(tiers["gold"].burst, TierLimits::builtin("standard").burst);
+            assert!(tiers.contains_key("enterprise"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_values_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("b.toml", "[tokens]\nleeway_seconds = 600\n")?;
             assert!(Config::load(Some(Path::new("b.toml"))).is_err());
             jail.create_file("c.toml", "nonsense = 1\n")?;
+            assert!(Config::load(Some(Path::new("c.toml"))).is_err());
+            jail.create_file("c.toml", "[limits]\nmax_bodybytes = 1\n")?;
+            assert!(Config::load(Some(Path::new("c.toml"))).is_err());
+            jail.create_file("c.toml", "[limits.tiers.free]\nburst = 0\n")?;
+            assert!(Config::load(Some(Path::new("c.toml"))).is_err());
+            jail.create_file("c.toml", "[limits.tiers.free]\nbursts = 5\n")?;
             assert!(Config::load(Some(Path::new("c.toml"))).is_err());
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
             Ok(())

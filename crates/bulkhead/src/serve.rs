@@ -199,7 +199,8 @@ pub async fn build(
     let master = master_key(cfg, master_env)?;
     let (registry, backend) = open_storage(cfg).await?;
     let store_cfg = StoreConfig {
-        limits: cfg.limits.clone(),
+        limits: cfg.limits.input(),
+        tiers: cfg.limits.tier_limits()?,
         idempotency_ttl: Duration::from_secs(cfg.storage.idempotency_hours.saturating_mul(3600)),
         cache_ttl: Duration::from_secs(cfg.cache.ttl_seconds),
         cache_capacity: cfg.cache.capacity,
@@ -212,6 +213,11 @@ pub async fn build(
             bulkhead_store::StoreError::Internal(m) => anyhow::anyhow!("{m}"),
             other => anyhow::anyhow!(other),
         })?;
+    // Tiers the operator defined through the API, before the first request.
+    store
+        .refresh_tiers()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the tiers: {e}"))?;
     let (hash, source, generated) = admin_token(&cfg.data_dir, admin_env)?;
     match &source {
         AdminTokenSource::Env => tracing::info!("operator token from BULKHEAD_ADMIN_TOKEN"),
@@ -231,7 +237,19 @@ pub async fn build(
     });
     let http = HttpConfig {
         request_timeout: Duration::from_secs(cfg.request_timeout_seconds),
-        tiers: cfg.tiers.iter().cloned().collect(),
+        isolation: bulkhead_http::isolation::IsolationConfig {
+            enabled: cfg.limits.enabled,
+            metrics_top_k: cfg.limits.metrics_top_k,
+            idle_eviction: Duration::from_secs(cfg.limits.idle_eviction_seconds),
+            tier_refresh: Duration::from_secs(cfg.limits.tier_refresh_seconds.max(1)),
+            redis_url: cfg.limits.redis_url.clone(),
+            lease_ttl: Duration::from_secs(cfg.request_timeout_seconds.saturating_mul(2)),
+            fair: bulkhead_limits::fair::FairConfig {
+                capacity: cfg.limits.fair_capacity,
+                per_tenant: cfg.limits.fair_queue_per_tenant,
+                total: cfg.limits.fair_queue_total,
+            },
+        },
         default_token_ttl_secs: cfg.tokens.default_ttl_seconds,
         token_cache_capacity: cfg.tokens.cache_capacity,
     };

@@ -278,3 +278,118 @@ fn unreachable_database_at_start_is_a_clear_error() {
     assert!(!stderr.contains("bulkhead is listening"), "{stderr}");
     assert!(!stderr.contains("not-this-password"), "{stderr}");
 }
+
+/// Two instances share one rate limit through Redis: a tenant on a tier of `RATE`/s, offered
+/// far more through both instances for 10 s, is admitted `RATE` × 10 (+ its burst) in total,
+/// within 5 % — not twice that. Needs PostgreSQL and `BULKHEAD_TEST_REDIS_URL`. (The burst is
+/// above 1 so that the jitter of the test's own requests does not waste the tenant's capacity.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_a_rate_limit_through_redis() {
+    const RATE: f64 = 40.0;
+    const SECONDS: u64 = 10;
+    const BURST: u32 = 10;
+    let Some(admin_url) = test_url() else {
+        return;
+    };
+    let Some(redis_url) = bulkhead_limits::testing::test_redis_url() else {
+        return;
+    };
+    let db = TestDb::create(&admin_url).await.unwrap();
+    let master = MasterKey::generate().to_base64url();
+    let admin = format!("bh_admin_two_instances_{}", uuid::Uuid::new_v4().simple());
+    let env = [
+        ("BULKHEAD_DATABASE_URL", db.url()),
+        ("BULKHEAD_MASTER_KEY", master.as_str()),
+        ("BULKHEAD_ADMIN_TOKEN", admin.as_str()),
+        ("BULKHEAD_REDIS_URL", redis_url.as_str()),
+        ("BULKHEAD_STORAGE__POOL_SIZE", "4"),
+    ];
+    let (dir1, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (s1, s2) = std::thread::scope(|s| {
+        let one = s.spawn(|| Server::start(dir1.path(), &env));
+        let two = s.spawn(|| Server::start(dir2.path(), &env));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    let one = Http::new(&s1.addr);
+    let r = one
+        .call(
+            "PUT",
+            "/v1/tiers/metered",
+            &admin,
+            Some(json!({"rate_per_second": RATE, "burst": BURST, "max_concurrency": 1000})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (a, ta) = one.tenant_and_token(&admin, "metered").await;
+    let r = one
+        .call(
+            "PATCH",
+            &format!("/v1/tenants/{a}"),
+            &admin,
+            Some(json!({"tier": "metered"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Instance 2 learns the new tier and the tenant's tier within its refresh periods.
+    let two = Http::new(&s2.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = two.get("/v1/collections", &ta).await;
+        let policy_seen = r.status == 429 || r.status == 200;
+        assert!(policy_seen, "{:?}", r.body);
+        let l = two.get(&format!("/v1/tenants/{a}/limits"), &admin).await;
+        if l.body["effective"]["rate_per_second"] == json!(RATE) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance 2 never saw the tier: {:?}",
+            l.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the bucket drain from the probes above, then flood both instances for 10 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let end = Instant::now() + Duration::from_secs(SECONDS);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let addr = if i % 2 == 0 {
+            s1.addr.clone()
+        } else {
+            s2.addr.clone()
+        };
+        let ta = ta.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = Http::new(&addr);
+            let (mut ok, mut throttled) = (0u64, 0u64);
+            while Instant::now() < end {
+                match http.get("/v1/collections", &ta).await.status {
+                    200 => ok += 1,
+                    429 => throttled += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+            }
+            (ok, throttled)
+        }));
+    }
+    let (mut ok, mut throttled) = (0u64, 0u64);
+    for t in tasks {
+        let (o, th) = t.await.unwrap();
+        ok += o;
+        throttled += th;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "small counts")]
+    let (expected, got) = (RATE * SECONDS as f64 + f64::from(BURST), ok as f64);
+    eprintln!("shared limit: admitted {ok}, throttled {throttled}, limit allows {expected}");
+    assert!(
+        throttled > ok,
+        "the tenant was offered more than its limit ({ok} admitted, {throttled} throttled)"
+    );
+    assert!(
+        (got - expected).abs() <= expected * 0.05,
+        "admitted {ok} in {SECONDS} s across both instances; the shared limit allows {expected}"
+    );
+    drop((s1, s2));
+}

@@ -7,7 +7,8 @@
 //! - token minting and verification with per-tenant keys ([`token`]);
 //! - envelope encryption and blind indexes ([`crypto`]);
 //! - collection schemas and record validation ([`schema`]);
-//! - the limits that bound untrusted input ([`limits`]).
+//! - the limits that bound untrusted input ([`limits`]);
+//! - service tiers: per-tenant rate, concurrency and storage limits ([`tier`]).
 //!
 //! The one place a [`context::TenantContext`] is created is [`token::Verifier::verify`]: any
 //! code that holds one has, by construction, a tenant that came from a verified token.
@@ -19,6 +20,7 @@ pub mod limits;
 pub mod role;
 pub mod schema;
 pub mod tenant;
+pub mod tier;
 pub mod token;
 
 pub use context::TenantContext;

@@ -13,6 +13,7 @@ use bulkhead_core::role::{Action, Decision};
 use bulkhead_core::token::{TokenError, Verifier};
 use bulkhead_core::{TenantContext, TenantStatus, Timestamp};
 use bulkhead_store::Store;
+use bulkhead_store::service::TenantState;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -77,8 +78,19 @@ impl Authenticator {
 
     /// Authenticates a bearer token into a tenant context.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<TenantContext>, ApiError> {
+        self.authenticate_with_state(token)
+            .await
+            .map(|(ctx, _)| ctx)
+    }
+
+    /// Like [`Authenticator::authenticate`], also giving the tenant's (cached) registry state,
+    /// which the limiter needs (tier and overrides) without another lookup.
+    pub async fn authenticate_with_state(
+        &self,
+        token: &str,
+    ) -> Result<(Arc<TenantContext>, Arc<TenantState>), ApiError> {
         match self.check(token).await {
-            Ok(ctx) => Ok(ctx),
+            Ok(v) => Ok(v),
             Err(Ok(AuthFailure::Token(e))) => {
                 tracing::info!(reason = e.class(), "token refused");
                 Err(ApiError::InvalidToken(e))
@@ -91,7 +103,10 @@ impl Authenticator {
     async fn check(
         &self,
         token: &str,
-    ) -> Result<Arc<TenantContext>, Result<AuthFailure, bulkhead_store::StoreError>> {
+    ) -> Result<
+        (Arc<TenantContext>, Arc<TenantState>),
+        Result<AuthFailure, bulkhead_store::StoreError>,
+    > {
         let settings = self.verifier.settings();
         if token.len() > settings.max_token_bytes {
             return Err(Ok(AuthFailure::Token(TokenError::Oversized)));
@@ -162,13 +177,17 @@ impl Authenticator {
         if state.tenant.status != TenantStatus::Active {
             return Err(Ok(AuthFailure::TenantNotActive(state.tenant.status)));
         }
-        Ok(ctx)
+        Ok((ctx, state))
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
+pub(crate) fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    bearer_in(&parts.headers)
+}
+
+/// The bearer token of a request's `Authorization` header.
+pub(crate) fn bearer_in(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(AUTHORIZATION)
         .ok_or(ApiError::Unauthenticated)?;
     let value = value
@@ -202,8 +221,15 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
-        let ctx = state.auth.authenticate(token).await?;
+        // The isolation layer verified the token already (to find the tenant to limit);
+        // otherwise verify it here.
+        let ctx = match parts.extensions.get::<crate::isolation::Verified>() {
+            Some(v) => v.0.clone(),
+            None => {
+                let token = bearer(parts)?;
+                state.auth.authenticate(token).await?
+            }
+        };
         let span = tracing::Span::current();
         span.record("tenant_id", tracing::field::display(ctx.tenant()));
         // Every X-Tenant-Id header present must name the token's tenant.

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod extract;
+pub mod isolation;
 pub mod problem;
 pub mod routes;
 pub mod state;
@@ -44,6 +45,7 @@ use crate::problem::ApiError;
         (name = "tenants", description = "Operator plane: the tenant registry, tokens and keys"),
         (name = "collections", description = "Tenant plane: collection definitions"),
         (name = "records", description = "Tenant plane: encrypted, schema-validated records"),
+        (name = "limits", description = "Tiers, limits, usage and metrics: performance isolation between tenants"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -92,6 +94,8 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.store.config().limits.max_body_bytes;
     let timeout = state.config.request_timeout;
     let request_id = HeaderName::from_static("x-request-id");
+    isolation::spawn_background(&state);
+    let isolate = axum::middleware::from_fn_with_state(state.clone(), isolation::isolate);
     router
         .route(
             "/openapi.json",
@@ -103,6 +107,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
+        // Right after routing: tenant requests are admitted (or refused) before any handler
+        // or storage work, inside the request timeout.
+        .layer(isolate)
         .layer(axum::middleware::from_fn(move |req: Request, next: axum::middleware::Next| async move {
             match tokio::time::timeout(timeout, next.run(req)).await {
                 Ok(resp) => resp,

@@ -7,6 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::schema::Violation;
+use bulkhead_core::tier::Quota;
 use bulkhead_core::token::TokenError;
 use bulkhead_store::StoreError;
 use serde::Serialize;
@@ -54,6 +55,14 @@ pub enum ApiError {
     IdempotencyConflict,
     #[error("the service is temporarily unavailable; retry shortly")]
     Unavailable,
+    #[error("too many requests for this tenant's tier; retry in {0} seconds")]
+    RateLimited(u64),
+    #[error("this tenant already has {0} requests in progress, its tier's limit; retry shortly")]
+    ConcurrencyLimited(u32),
+    #[error("the server is saturated and this tenant is over its fair share; retry in {0} seconds")]
+    Shed(u64),
+    #[error("the `{}` quota of this tenant's tier would be exceeded; nothing was written", .0.as_str())]
+    QuotaExceeded(Quota),
     #[error("the request took longer than {0} seconds and was abandoned")]
     Timeout(u64),
     #[error("this method is not allowed on this route")]
@@ -73,6 +82,9 @@ struct Problem<'a> {
     errors: Option<&'a [Violation]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// For `quota-exceeded`: the quota (`max_records`, `max_bytes`, `max_collections`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<&'static str>,
 }
 
 impl ApiError {
@@ -156,6 +168,22 @@ impl ApiError {
                 "method-not-allowed",
                 "Method not allowed",
             ),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limit exceeded",
+            ),
+            ConcurrencyLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency-limited",
+                "Concurrency limit exceeded",
+            ),
+            Shed(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Server saturated",
+            ),
+            QuotaExceeded(_) => (StatusCode::FORBIDDEN, "quota-exceeded", "Quota exceeded"),
             Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -185,6 +213,10 @@ impl IntoResponse for ApiError {
             detail: self.to_string(),
             errors,
             reason,
+            quota: match &self {
+                ApiError::QuotaExceeded(q) => Some(q.as_str()),
+                _ => None,
+            },
         };
         let json = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
         let mut resp = (status, json).into_response();
@@ -200,10 +232,17 @@ impl IntoResponse for ApiError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            ApiError::Unavailable | ApiError::Timeout(_) => {
+            ApiError::Unavailable | ApiError::Timeout(_) | ApiError::ConcurrencyLimited(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            ApiError::RateLimited(secs) | ApiError::Shed(secs) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
             _ => {}
+        }
+        if let ApiError::QuotaExceeded(q) = &self {
+            resp.extensions_mut()
+                .insert(crate::isolation::ApiErrorKind::Quota(*q));
         }
         resp
     }
@@ -227,6 +266,8 @@ impl From<StoreError> for ApiError {
                 ApiError::Conflict(format!("a tenant named `{n}` already exists"))
             }
             StoreError::TenantNotActive(s) => ApiError::TenantNotActive(s.as_str()),
+            StoreError::QuotaExceeded(q) => ApiError::QuotaExceeded(q),
+            StoreError::BadLimits(m) => ApiError::BadRequest(m),
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "storage unavailable");
                 ApiError::Unavailable

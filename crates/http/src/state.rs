@@ -1,47 +1,33 @@
 //! The application state every handler shares.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bulkhead_core::TierName;
 use bulkhead_core::token::Verifier;
 use bulkhead_store::Store;
 
 use crate::auth::{Authenticator, OperatorCredential};
+use crate::isolation::{Isolation, IsolationConfig};
 
 /// Settings of the HTTP edge, resolved from configuration at start.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
-    /// Tier names tenants may be given.
-    pub tiers: BTreeSet<String>,
     /// Lifetime of a minted token when the request does not say.
     pub default_token_ttl_secs: u64,
     /// Most tokens kept in the verified-token cache.
     pub token_cache_capacity: usize,
     /// A request still running after this long is abandoned with 503.
     pub request_timeout: std::time::Duration,
+    /// Rate and concurrency limits, metrics.
+    pub isolation: IsolationConfig,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            tiers: ["free", "standard", "enterprise"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
             default_token_ttl_secs: 3600,
             token_cache_capacity: 100_000,
             request_timeout: std::time::Duration::from_secs(30),
-        }
-    }
-}
-
-impl HttpConfig {
-    pub fn tier(&self, name: &str) -> Option<TierName> {
-        if self.tiers.contains(name) {
-            TierName::parse(name).ok()
-        } else {
-            None
+            isolation: IsolationConfig::default(),
         }
     }
 }
@@ -53,6 +39,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub operator: Arc<OperatorCredential>,
     pub config: Arc<HttpConfig>,
+    /// Per-tenant limiter and metrics.
+    pub isolation: Arc<Isolation>,
 }
 
 impl AppState {
@@ -85,6 +73,7 @@ impl AppState {
             store,
             auth: Arc::new(auth),
             operator: Arc::new(operator),
+            isolation: Arc::new(Isolation::new(config.isolation.clone())),
             config: Arc::new(config),
         }
     }

@@ -409,6 +409,11 @@ async fn openapi_documents_every_route(backend: Backend) {
         "/v1/collections/{name}",
         "/v1/collections/{name}/records",
         "/v1/collections/{name}/records/{id}",
+        "/v1/tiers",
+        "/v1/tiers/{name}",
+        "/v1/tenants/{tenant_id}/limits",
+        "/v1/usage",
+        "/metrics",
     ]
     .into_iter()
     .collect();

@@ -32,17 +32,19 @@
 //! (SECURITY INVOKER, so RLS applies inside).
 
 mod conn;
+mod limits;
 mod migrate;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use async_trait::async_trait;
+use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, TierName};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
     CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry,
-    RegistryChange, Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    RegistryChange, Scope, SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -279,6 +281,27 @@ impl Registry for PostgresStore {
         ))
         .await
         .map(drop)
+    }
+
+    // Tiers and limit overrides: see `limits.rs`.
+    async fn tiers(&self) -> Result<Vec<TierRow>, BackendError> {
+        self.tiers_impl().await
+    }
+
+    async fn put_tier(&self, row: &TierRow) -> Result<(), BackendError> {
+        self.put_tier_impl(row).await
+    }
+
+    async fn tenant_overrides(&self, id: TenantId) -> Result<Option<LimitOverrides>, BackendError> {
+        self.tenant_overrides_impl(id).await
+    }
+
+    async fn set_tenant_overrides(
+        &self,
+        id: TenantId,
+        overrides: Option<&LimitOverrides>,
+    ) -> Result<(), BackendError> {
+        self.set_tenant_overrides_impl(id, overrides).await
     }
 }
 
@@ -591,6 +614,11 @@ impl RecordBackend for PostgresStore {
             }
         };
         rows.iter().map(sql::record).collect()
+    }
+
+    async fn usage(&self, s: &Scope) -> Result<Usage, BackendError> {
+        // INVARIANT: the tenant is the scope's (see `limits.rs`).
+        self.usage_impl(s.tenant()).await
     }
 
     async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {

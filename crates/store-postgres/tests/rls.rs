@@ -23,7 +23,13 @@ use common::{Pg, RoleDb, TestDb, TestRole, test_url};
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 
-const TENANT_TABLES: [&str; 4] = ["collections", "records", "record_index", "idempotency"];
+const TENANT_TABLES: [&str; 5] = [
+    "collections",
+    "records",
+    "record_index",
+    "idempotency",
+    "tenant_usage",
+];
 
 fn users() -> CollectionName {
     CollectionName::parse("users").unwrap()
@@ -85,6 +91,11 @@ fn insert_sql(table: &str) -> &'static str {
         "idempotency" => {
             "INSERT INTO idempotency (tenant_id, key, request, response, expires_at)
              VALUES ($1, '\\x01', '\\x00', '\\x00', 0)"
+        }
+        // The tenant already has its usage row: an upsert, as the usage trigger writes it.
+        "tenant_usage" => {
+            "INSERT INTO tenant_usage (tenant_id, shard, records, bytes) VALUES ($1, 0, 0, 0)
+             ON CONFLICT (tenant_id, shard) DO UPDATE SET records = tenant_usage.records"
         }
         other => panic!("no insert for `{other}`"),
     }

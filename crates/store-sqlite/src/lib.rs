@@ -11,6 +11,7 @@
 //! Every statement on tenant-owned tables filters on the scope's tenant id, which leads every
 //! primary key and index.
 
+mod limits;
 mod schema;
 mod sql;
 
@@ -18,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
     CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
-    SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use parking_lot::Mutex;
 use rusqlite::Connection;
@@ -294,6 +296,29 @@ impl Registry for SqliteStore {
         let key = key.clone();
         self.write(move |c| sql::add_signing_key(c, &key)).await
     }
+
+    async fn tiers(&self) -> Result<Vec<TierRow>, BackendError> {
+        self.point_read(limits::tiers)
+    }
+
+    async fn put_tier(&self, row: &TierRow) -> Result<(), BackendError> {
+        let row = row.clone();
+        self.write(move |c| limits::put_tier(c, &row)).await
+    }
+
+    async fn tenant_overrides(&self, id: TenantId) -> Result<Option<LimitOverrides>, BackendError> {
+        self.point_read(|c| limits::tenant_overrides(c, id))
+    }
+
+    async fn set_tenant_overrides(
+        &self,
+        id: TenantId,
+        overrides: Option<&LimitOverrides>,
+    ) -> Result<(), BackendError> {
+        let overrides = overrides.copied();
+        self.write(move |c| limits::set_tenant_overrides(c, id, overrides.as_ref()))
+            .await
+    }
 }
 
 #[async_trait]
@@ -388,6 +413,11 @@ impl RecordBackend for SqliteStore {
         let (t, name, all_of) = (s.tenant(), name.clone(), all_of.to_vec());
         self.read(move |c| sql::query(c, t, &name, &all_of, after, limit))
             .await
+    }
+
+    async fn usage(&self, s: &Scope) -> Result<Usage, BackendError> {
+        let t = s.tenant();
+        self.point_read(|c| limits::usage(c, t))
     }
 
     async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {

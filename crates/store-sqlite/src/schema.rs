@@ -7,7 +7,8 @@ use rusqlite::{Connection, OpenFlags};
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
 ///
 /// INVARIANT: the tenant id leads every primary key and index of a tenant-owned table.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -74,7 +75,50 @@ CREATE TABLE idempotency (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, key)
 ) WITHOUT ROWID;
-"];
+",
+    // 2: performance isolation (tiers, per-tenant limit overrides, storage usage).
+    r"
+-- Operator data: tiers defined through the API, and tenants' own limit overrides (JSON).
+CREATE TABLE tiers (
+    name       TEXT PRIMARY KEY,
+    limits     TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE tenant_limits (
+    tenant_id BLOB PRIMARY KEY,
+    overrides TEXT NOT NULL
+) WITHOUT ROWID;
+
+-- Tenant-owned: what each tenant stores, kept by the triggers below in the transaction of the
+-- write itself, so it never drifts from the records table.
+CREATE TABLE tenant_usage (
+    tenant_id BLOB PRIMARY KEY,
+    records   INTEGER NOT NULL,
+    bytes     INTEGER NOT NULL
+) WITHOUT ROWID;
+
+INSERT INTO tenant_usage (tenant_id, records, bytes)
+SELECT tenant_id, count(*), coalesce(sum(length(data)), 0) FROM records GROUP BY tenant_id;
+
+CREATE TRIGGER records_usage_insert AFTER INSERT ON records BEGIN
+    INSERT OR IGNORE INTO tenant_usage (tenant_id, records, bytes) VALUES (NEW.tenant_id, 0, 0);
+    UPDATE tenant_usage SET records = records + 1, bytes = bytes + length(NEW.data)
+     WHERE tenant_id = NEW.tenant_id;
+END;
+
+CREATE TRIGGER records_usage_update AFTER UPDATE OF data ON records BEGIN
+    UPDATE tenant_usage SET bytes = bytes + length(NEW.data) - length(OLD.data)
+     WHERE tenant_id = NEW.tenant_id;
+END;
+
+-- Only an existing row is changed: a purge deletes the tenant's usage row with its records.
+CREATE TRIGGER records_usage_delete AFTER DELETE ON records BEGIN
+    UPDATE tenant_usage SET records = records - 1, bytes = bytes - length(OLD.data)
+     WHERE tenant_id = OLD.tenant_id;
+END;
+",
+];
 
 /// The writer: WAL, and every commit fsync'd before it is acknowledged.
 pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {

@@ -32,7 +32,7 @@ pub(crate) fn map(e: rusqlite::Error) -> BackendError {
     }
 }
 
-fn bad(what: &str) -> rusqlite::Error {
+pub(crate) fn bad(what: &str) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(
         0,
         format!("stored {what} is invalid"),
@@ -538,7 +538,7 @@ pub(crate) fn purge_tenant(c: &Connection, t: TenantId) -> rusqlite::Result<u64>
     let n = c
         .prepare_cached("DELETE FROM records WHERE tenant_id = ?1")?
         .execute([t.as_bytes()])?;
-    for table in ["record_index", "collections", "idempotency"] {
+    for table in ["record_index", "collections", "idempotency", "tenant_usage"] {
         c.execute(
             &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
             [t.as_bytes()],

@@ -22,6 +22,8 @@ use bulkhead_core::{
 };
 use serde_json::{Value, json};
 
+use bulkhead_core::tier::{LimitOverrides, Quota, TierLimits, Usage};
+
 use crate::StoreError;
 use crate::port::{RecordBackend, Registry, TenantPatch};
 use crate::service::{Idempotency, Store, StoreConfig};
@@ -1017,6 +1019,244 @@ fn nth(m: &BTreeMap<RecordId, u8>, pick: usize) -> Option<RecordId> {
     }
 }
 
+// ---- performance isolation: tiers, overrides, usage and quotas ------------------------------
+
+pub async fn usage_is_counted_per_tenant<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let a = env.tenant(&[Role::Admin]).await;
+    let b = env.tenant(&[Role::Admin]).await;
+    with_users(&env, &a).await;
+    let ha = env.store.tenant(&a).await.unwrap();
+    let hb = env.store.tenant(&b).await.unwrap();
+    assert_eq!(hb.usage().await.unwrap(), Usage::default());
+    let r1 = ha
+        .create_record(&coll("users"), json!({"email": "a1@x.example"}), None)
+        .await
+        .unwrap()
+        .record;
+    let r2 = ha
+        .create_record(&coll("users"), json!({"email": "a2@x.example"}), None)
+        .await
+        .unwrap()
+        .record;
+    let u = ha.usage().await.unwrap();
+    assert_eq!((u.records, u.collections), (2, 1));
+    assert!(u.bytes > 0);
+    // A longer version of a record stores more bytes; deleting one counts it out.
+    ha.update_record(
+        &coll("users"),
+        r1.id,
+        json!({"email": "a1@x.example", "note": "x".repeat(500)}),
+        1,
+    )
+    .await
+    .unwrap();
+    let grown = ha.usage().await.unwrap();
+    assert_eq!(grown.records, 2);
+    assert!(grown.bytes >= u.bytes + 500, "{grown:?} after {u:?}");
+    ha.delete_record(&coll("users"), r2.id, None).await.unwrap();
+    let after = ha.usage().await.unwrap();
+    assert_eq!(after.records, 1);
+    assert!(after.bytes < grown.bytes);
+    // B's usage does not include A's (and the twin: B's own record counts for B only).
+    assert_eq!(hb.usage().await.unwrap(), Usage::default());
+    with_users(&env, &b).await;
+    hb.create_record(&coll("users"), json!({"email": "b@x.example"}), None)
+        .await
+        .unwrap();
+    let ub = hb.usage().await.unwrap();
+    assert_eq!((ub.records, ub.collections), (1, 1));
+    assert_eq!(ha.usage().await.unwrap(), after);
+    // Offboarding A leaves B's usage alone.
+    env.store.offboard(a.tenant()).await.unwrap();
+    assert_eq!(hb.usage().await.unwrap(), ub);
+}
+
+pub async fn tiers_and_overrides_are_stored<H: Harness>() {
+    let env = Env::<H>::new().await;
+    assert!(env.harness.registry().tiers().await.unwrap().is_empty());
+    let gold = TierName::parse("gold").unwrap();
+    let limits = env
+        .store
+        .put_tier(
+            gold.clone(),
+            &LimitOverrides {
+                rate_per_second: Some(7.0),
+                max_records: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // Omitted fields keep the defaults.
+    let standard = TierLimits::builtin("standard");
+    assert_eq!(limits.rate_per_second, 7.0);
+    assert_eq!(limits.burst, standard.burst);
+    let rows = env.harness.registry().tiers().await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].name.clone(), rows[0].limits),
+        (gold.clone(), limits)
+    );
+    assert_eq!(env.store.tier("gold").unwrap().1, limits);
+    // Replacing keeps one row.
+    env.store
+        .put_tier(gold.clone(), &LimitOverrides::default())
+        .await
+        .unwrap();
+    assert_eq!(env.harness.registry().tiers().await.unwrap().len(), 1);
+    assert_eq!(env.store.tier("gold").unwrap().1, standard);
+    // Limits that cannot be enforced are refused.
+    assert!(matches!(
+        env.store
+            .put_tier(
+                gold,
+                &LimitOverrides {
+                    burst: Some(0),
+                    ..Default::default()
+                }
+            )
+            .await,
+        Err(StoreError::BadLimits(_))
+    ));
+
+    // Overrides: per tenant, and only that tenant's.
+    let a = env.tenant(&[Role::Admin]).await;
+    let b = env.tenant(&[Role::Admin]).await;
+    let o = LimitOverrides {
+        max_concurrency: Some(3),
+        ..Default::default()
+    };
+    env.store
+        .set_limit_overrides(a.tenant(), Some(o))
+        .await
+        .unwrap();
+    assert_eq!(env.store.limit_overrides(a.tenant()).await.unwrap(), o);
+    assert!(
+        env.store
+            .limit_overrides(b.tenant())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let la = env.store.tenant(&a).await.unwrap().limits().max_concurrency;
+    let lb = env.store.tenant(&b).await.unwrap().limits().max_concurrency;
+    assert_eq!((la, lb), (3, standard.max_concurrency));
+    env.store
+        .set_limit_overrides(a.tenant(), None)
+        .await
+        .unwrap();
+    assert!(
+        env.store
+            .limit_overrides(a.tenant())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        env.store.tenant(&a).await.unwrap().limits().max_concurrency,
+        standard.max_concurrency
+    );
+}
+
+pub async fn storage_quotas_refuse_and_write_nothing<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let a = env.tenant(&[Role::Admin]).await;
+    let b = env.tenant(&[Role::Admin]).await;
+    let small = LimitOverrides {
+        max_records: Some(2),
+        max_collections: Some(1),
+        ..Default::default()
+    };
+    env.store
+        .set_limit_overrides(a.tenant(), Some(small))
+        .await
+        .unwrap();
+    with_users(&env, &a).await;
+    let ha = env.store.tenant(&a).await.unwrap();
+    match ha
+        .put_collection(&coll("other"), users_schema(), vec![])
+        .await
+    {
+        Err(StoreError::QuotaExceeded(Quota::Collections)) => {}
+        other => panic!("expected the collections quota, got {other:?}"),
+    }
+    // Redefining an existing collection is not a new one.
+    ha.put_collection(&coll("users"), users_schema(), vec![])
+        .await
+        .unwrap();
+    for i in 0..2 {
+        ha.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    match ha
+        .create_record(&coll("users"), json!({"email": "3@x.example"}), None)
+        .await
+    {
+        Err(StoreError::QuotaExceeded(Quota::Records)) => {}
+        other => panic!("expected the records quota, got {other:?}"),
+    }
+    // Nothing was written.
+    assert_eq!(ha.usage().await.unwrap().records, 2);
+    assert_eq!(
+        ha.query(&coll("users"), &[], None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    // Twin: B, on the default tier, is not held to A's quotas.
+    with_users(&env, &b).await;
+    let hb = env.store.tenant(&b).await.unwrap();
+    hb.put_collection(&coll("other"), users_schema(), vec![])
+        .await
+        .unwrap();
+    for i in 0..3 {
+        hb.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    // A bytes quota.
+    let c = env.tenant(&[Role::Admin]).await;
+    env.store
+        .set_limit_overrides(
+            c.tenant(),
+            Some(LimitOverrides {
+                max_bytes: Some(300),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    with_users(&env, &c).await;
+    let hc = env.store.tenant(&c).await.unwrap();
+    hc.create_record(&coll("users"), json!({"email": "c@x.example"}), None)
+        .await
+        .unwrap();
+    match hc
+        .create_record(
+            &coll("users"),
+            json!({"email": "c2@x.example", "note": "y".repeat(400)}),
+            None,
+        )
+        .await
+    {
+        Err(StoreError::QuotaExceeded(Quota::Bytes)) => {}
+        other => panic!("expected the bytes quota, got {other:?}"),
+    }
+    assert_eq!(hc.usage().await.unwrap().records, 1);
+}
+
 /// Generates one test per contract function for an adapter's [`Harness`].
 #[macro_export]
 macro_rules! contract_suite {
@@ -1033,7 +1273,10 @@ macro_rules! contract_suite {
             ciphertext_is_bound_to_its_place,
             no_plaintext_at_rest,
             lifecycle_suspend_and_offboard,
-            concurrent_writes_are_all_acknowledged
+            concurrent_writes_are_all_acknowledged,
+            usage_is_counted_per_tenant,
+            tiers_and_overrides_are_stored,
+            storage_quotas_refuse_and_write_nothing
         );
         #[test]
         fn prop_isolation() {

@@ -3,6 +3,7 @@
 
 use bulkhead_core::TenantStatus;
 use bulkhead_core::schema::{FilterError, SchemaError, Violation};
+use bulkhead_core::tier::Quota;
 
 /// What an adapter can report. Adapters map their driver errors into these three classes.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,12 @@ pub enum StoreError {
     NameTaken(String),
     #[error("tenant is {}", .0.as_str())]
     TenantNotActive(TenantStatus),
+    /// The write would take the tenant over a storage quota of its tier; nothing was written.
+    #[error("the `{}` quota of the tenant's tier would be exceeded", .0.as_str())]
+    QuotaExceeded(Quota),
+    /// An operator-supplied tier or override cannot be enforced.
+    #[error("{0}")]
+    BadLimits(String),
     #[error("storage unavailable")]
     Unavailable(String),
     /// Stored bytes failed authentication: tampering or a wrong master key. Loud in logs.

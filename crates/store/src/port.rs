@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use bulkhead_core::crypto::WrappedKey;
 use bulkhead_core::tenant::Placement;
+use bulkhead_core::tier::{LimitOverrides, TierLimits, Usage};
 use bulkhead_core::token::SigningAlg;
 use bulkhead_core::{
     CollectionName, KeyId, RecordId, Tenant, TenantId, TenantStatus, TierName, Timestamp,
@@ -70,6 +71,14 @@ pub struct RegistryChange {
     pub revision: i64,
 }
 
+/// A service tier as the operator defined it (operator data, not tenant-owned).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierRow {
+    pub name: TierName,
+    pub limits: TierLimits,
+    pub updated_at: Timestamp,
+}
+
 /// The operator-plane registry: tenants, their keys, and server-wide settings.
 #[async_trait]
 pub trait Registry: Send + Sync + 'static {
@@ -120,6 +129,19 @@ pub trait Registry: Send + Sync + 'static {
         let _ = after;
         Ok(None)
     }
+
+    /// Every tier the operator defined through the API, in name order.
+    async fn tiers(&self) -> Result<Vec<TierRow>, BackendError>;
+    /// Creates or replaces a tier definition.
+    async fn put_tier(&self, row: &TierRow) -> Result<(), BackendError>;
+    /// A tenant's own limit overrides; `None` when it has none.
+    async fn tenant_overrides(&self, id: TenantId) -> Result<Option<LimitOverrides>, BackendError>;
+    /// Sets (`Some`) or clears (`None`) a tenant's limit overrides.
+    async fn set_tenant_overrides(
+        &self,
+        id: TenantId,
+        overrides: Option<&LimitOverrides>,
+    ) -> Result<(), BackendError>;
 }
 
 /// A collection definition as stored: the schema is encrypted with the tenant's data key.
@@ -255,6 +277,10 @@ pub trait RecordBackend: Send + Sync + 'static {
         after: Option<RecordId>,
         limit: usize,
     ) -> Result<Vec<RecordRow>, BackendError>;
+
+    /// What the scope's tenant has stored: records and their bytes (kept by the backend as
+    /// records are written, in the same transaction) and collections.
+    async fn usage(&self, s: &Scope) -> Result<Usage, BackendError>;
 
     /// Deletes every row a tenant owns on this backend. Called only by offboarding, after the
     /// tenant's keys were destroyed; the name says what it is.

@@ -5,6 +5,7 @@
 //! to get one is [`Store::tenant`], which takes a verified [`TenantContext`]. The handle carries
 //! the tenant's [`Scope`] and keys; none of its methods take a tenant id.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use bulkhead_core::crypto::{MasterKey, RecordPlace, TenantKeys};
 use bulkhead_core::limits::{InputLimits, json_depth};
 use bulkhead_core::schema::CompiledCollection;
 use bulkhead_core::tenant::Placement;
+use bulkhead_core::tier::{LimitOverrides, TierLimits, Usage};
 use bulkhead_core::token::{PublicKey, SigningAlg, SigningKeyPair};
 use bulkhead_core::{
     CollectionName, RecordId, Tenant, TenantContext, TenantId, TenantName, TenantStatus, TierName,
@@ -22,7 +24,7 @@ use serde_json::Value;
 
 use crate::port::{
     CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry,
-    Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    Scope, SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use crate::{BackendError, StoreError};
 
@@ -50,7 +52,26 @@ pub struct StoreConfig {
     pub feed_cache_ttl: Duration,
     /// Most tenants and collections kept in the caches.
     pub cache_capacity: usize,
+    /// Tiers defined in configuration. Tiers the operator defines through the API (stored in
+    /// the database) take precedence over these, by name.
+    pub tiers: BTreeMap<String, TierLimits>,
 }
+
+/// The tiers every server knows unless configured otherwise.
+pub fn builtin_tiers() -> BTreeMap<String, TierLimits> {
+    ["free", "standard", "enterprise"]
+        .into_iter()
+        .map(|n| (n.to_owned(), TierLimits::builtin(n)))
+        .collect()
+}
+
+/// The tier a tenant whose tier is unknown here is held to.
+pub const DEFAULT_TIER: &str = "standard";
+/// How long a cached usage figure may be used for a quota check while the tenant is far from
+/// its quotas. Near a quota (see [`USAGE_NEAR`]) every write re-reads it.
+const USAGE_TTL: Duration = Duration::from_secs(1);
+/// "Near" a quota: above this share of it.
+const USAGE_NEAR: f64 = 0.9;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -61,6 +82,7 @@ impl Default for StoreConfig {
             feed_interval: Duration::from_secs(1),
             feed_cache_ttl: Duration::from_secs(60),
             cache_capacity: 100_000,
+            tiers: builtin_tiers(),
         }
     }
 }
@@ -71,6 +93,8 @@ pub struct TenantState {
     pub tenant: Tenant,
     placement: Placement,
     pub public_keys: Vec<PublicKey>,
+    /// The tenant's own limit overrides (empty when it has none).
+    pub overrides: LimitOverrides,
     keys: Option<Arc<TenantKeys>>,
     loaded_at: Instant,
     /// What the keys above were opened from (the wrapped root key, and each signing key's
@@ -111,6 +135,11 @@ pub struct Store {
     /// The registry change feed, if the backend has one.
     feed: Option<crate::feed::Feed>,
     collections: quick_cache::sync::Cache<(TenantId, CollectionName), Arc<CachedCollection>>,
+    /// Every tier in force: configuration, overlaid with the operator's tiers from the
+    /// database. Replaced whole on refresh, so a reader never sees half an update.
+    tiers: parking_lot::RwLock<Arc<BTreeMap<String, TierLimits>>>,
+    /// Recently read storage usage per tenant, for quota checks (see [`USAGE_TTL`]).
+    usage: quick_cache::sync::Cache<TenantId, (Usage, Instant)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -155,8 +184,127 @@ impl Store {
             tenants,
             feed,
             collections: quick_cache::sync::Cache::new(cap),
+            tiers: parking_lot::RwLock::new(Arc::new(cfg.tiers.clone())),
+            usage: quick_cache::sync::Cache::new(cap),
             cfg,
         })
+        .and_then(|s: Self| s.check_tiers().map(|()| s))
+    }
+
+    fn check_tiers(&self) -> Result<(), StoreError> {
+        if !self.cfg.tiers.contains_key(DEFAULT_TIER) {
+            return Err(StoreError::BadLimits(format!(
+                "the tiers must include `{DEFAULT_TIER}`"
+            )));
+        }
+        for (name, l) in &self.cfg.tiers {
+            TierName::parse(name).map_err(|e| StoreError::BadLimits(e.to_string()))?;
+            l.check()
+                .map_err(|e| StoreError::BadLimits(format!("tier `{name}`: {e}")))?;
+        }
+        Ok(())
+    }
+
+    // ---- tiers and limits -----------------------------------------------------------------
+
+    /// Every tier in force, by name.
+    pub fn tiers(&self) -> Arc<BTreeMap<String, TierLimits>> {
+        self.tiers.read().clone()
+    }
+
+    /// The tier named `name`, if there is one.
+    pub fn tier(&self, name: &str) -> Option<(TierName, TierLimits)> {
+        let tiers = self.tiers.read();
+        let limits = *tiers.get(name)?;
+        Some((TierName::parse(name).ok()?, limits))
+    }
+
+    /// Re-reads the operator's tiers from the database. Called periodically, so a tier changed
+    /// on another instance applies here within the refresh period.
+    pub async fn refresh_tiers(&self) -> Result<(), StoreError> {
+        let rows = self.registry.tiers().await?;
+        let mut all = self.cfg.tiers.clone();
+        for row in rows {
+            all.insert(row.name.as_str().to_owned(), row.limits);
+        }
+        *self.tiers.write() = Arc::new(all);
+        Ok(())
+    }
+
+    /// Creates or replaces a tier. Fields `changes` leaves out take the tier's configured
+    /// limits (or the built-in `standard` ones for a tier configuration does not define).
+    pub async fn put_tier(
+        &self,
+        name: TierName,
+        changes: &LimitOverrides,
+    ) -> Result<TierLimits, StoreError> {
+        let base = self
+            .cfg
+            .tiers
+            .get(name.as_str())
+            .copied()
+            .unwrap_or_else(|| TierLimits::builtin(DEFAULT_TIER));
+        let limits = base.with(changes);
+        limits
+            .check()
+            .map_err(|e| StoreError::BadLimits(e.to_string()))?;
+        self.registry
+            .put_tier(&TierRow {
+                name,
+                limits,
+                updated_at: now(),
+            })
+            .await?;
+        self.refresh_tiers().await?;
+        Ok(limits)
+    }
+
+    /// The limits a tenant is held to: its tier's, with its own overrides on top.
+    pub fn limits_of(&self, state: &TenantState) -> TierLimits {
+        let tiers = self.tiers.read();
+        let base = tiers
+            .get(state.tenant.tier.as_str())
+            .or_else(|| tiers.get(DEFAULT_TIER))
+            .copied()
+            .unwrap_or_else(|| TierLimits::builtin(DEFAULT_TIER));
+        let mut l = base.with(&state.overrides);
+        // A tier never raises the server-wide body limit.
+        let global = u64::try_from(self.cfg.limits.max_body_bytes).unwrap_or(u64::MAX);
+        l.max_body_bytes = l.max_body_bytes.min(global);
+        l
+    }
+
+    /// Sets or clears a tenant's limit overrides (operator plane).
+    pub async fn set_limit_overrides(
+        &self,
+        id: TenantId,
+        overrides: Option<LimitOverrides>,
+    ) -> Result<(), StoreError> {
+        let t = self.get_tenant(id).await?;
+        if t.status == TenantStatus::Deleted {
+            return Err(StoreError::NotFound);
+        }
+        let overrides = overrides.filter(|o| !o.is_empty());
+        if let Some(o) = &overrides {
+            TierLimits::builtin(DEFAULT_TIER)
+                .with(o)
+                .check()
+                .map_err(|e| StoreError::BadLimits(e.to_string()))?;
+        }
+        self.registry
+            .set_tenant_overrides(id, overrides.as_ref())
+            .await?;
+        self.tenants.remove(&id);
+        Ok(())
+    }
+
+    /// A tenant's limit overrides (operator plane).
+    pub async fn limit_overrides(&self, id: TenantId) -> Result<LimitOverrides, StoreError> {
+        Ok(self
+            .registry
+            .tenant_overrides(id)
+            .await?
+            .unwrap_or_default())
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -390,6 +538,14 @@ impl Store {
             (Some(w), true) => Some(w),
             _ => None,
         };
+        let overrides = if row.tenant.status == TenantStatus::Deleted {
+            LimitOverrides::default()
+        } else {
+            self.registry
+                .tenant_overrides(id)
+                .await?
+                .unwrap_or_default()
+        };
         let signing = if row.tenant.status == TenantStatus::Deleted {
             Vec::new()
         } else {
@@ -434,6 +590,7 @@ impl Store {
             placement: row.placement,
             tenant: row.tenant,
             public_keys,
+            overrides,
             keys,
             loaded_at: Instant::now(),
             source,
@@ -459,6 +616,8 @@ impl Store {
         Ok(TenantHandle {
             store: self,
             scope: Scope::new(id),
+            // INVARIANT: every handle carries its tenant's storage quotas; writes check them.
+            limits: self.limits_of(&state),
             keys,
             // The tenant's data lives where its placement says.
             backend: self.backend(&state.placement).clone(),
@@ -537,6 +696,7 @@ pub struct Created {
 pub struct TenantHandle<'s> {
     store: &'s Store,
     scope: Scope,
+    limits: TierLimits,
     keys: Arc<TenantKeys>,
     backend: Arc<dyn RecordBackend>,
 }
@@ -552,6 +712,69 @@ impl std::fmt::Debug for TenantHandle<'_> {
 impl TenantHandle<'_> {
     pub fn tenant(&self) -> TenantId {
         self.scope.tenant()
+    }
+
+    /// The limits this tenant is held to.
+    pub fn limits(&self) -> &TierLimits {
+        &self.limits
+    }
+
+    /// What the tenant has stored now (read from storage, not from a cache).
+    pub async fn usage(&self) -> Result<Usage, StoreError> {
+        let u = self.backend.usage(&self.scope).await?;
+        self.store
+            .usage
+            .insert(self.scope.tenant(), (u, Instant::now()));
+        Ok(u)
+    }
+
+    /// Refuses a write that would take the tenant over a storage quota. Far from its quotas a
+    /// recent usage figure is trusted; near one, usage is re-read first. Concurrent writes of
+    /// one tenant can together pass a quota by at most the tenant's concurrency cap.
+    async fn check_quota(
+        &self,
+        records: u64,
+        bytes: u64,
+        collections: u64,
+    ) -> Result<(), StoreError> {
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "a nearness heuristic: precision is not needed"
+        )]
+        let near = |used: u64, add: u64, max: u64| {
+            add > 0 && (used.saturating_add(add) as f64) > (max as f64) * USAGE_NEAR
+        };
+        let cached = self
+            .store
+            .usage
+            .get(&self.scope.tenant())
+            .filter(|(_, at)| at.elapsed() < USAGE_TTL)
+            .map(|(u, _)| u);
+        let usage = match cached {
+            Some(u)
+                if !near(u.records, records, self.limits.max_records)
+                    && !near(u.bytes, bytes, self.limits.max_bytes)
+                    && !near(u.collections, collections, self.limits.max_collections) =>
+            {
+                u
+            }
+            _ => self.usage().await?,
+        };
+        match usage.exceeds(&self.limits, records, bytes, collections) {
+            Some(q) => Err(StoreError::QuotaExceeded(q)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a successful write in the cached usage, so the next check sees it.
+    fn count(&self, records: i64, bytes: i64, collections: i64) {
+        let id = self.scope.tenant();
+        if let Some((mut u, at)) = self.store.usage.get(&id) {
+            u.records = u.records.saturating_add_signed(records);
+            u.bytes = u.bytes.saturating_add_signed(bytes);
+            u.collections = u.collections.saturating_add_signed(collections);
+            self.store.usage.insert(id, (u, at));
+        }
     }
 
     fn definition_label(name: &CollectionName) -> [&[u8]; 2] {
@@ -655,6 +878,9 @@ impl TenantHandle<'_> {
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         for _ in 0..STALE_RETRIES {
             let existing = self.backend.collection(&self.scope, name).await?;
+            if existing.is_none() {
+                self.check_quota(0, 0, 1).await?;
+            }
             let now = now();
             let (expected, version, created_at, old_indexes) = match &existing {
                 Some(row) => {
@@ -685,6 +911,9 @@ impl TenantHandle<'_> {
             self.store
                 .collections
                 .remove(&(self.scope.tenant(), name.clone()));
+            if existing.is_none() {
+                self.count(0, 0, 1);
+            }
             if existing.is_some()
                 && old_indexes != def.indexes
                 && !self.reindex(name, version, &compiled).await?
@@ -838,6 +1067,8 @@ impl TenantHandle<'_> {
                 .keys
                 .seal_record(&place, &plain)
                 .map_err(|e| StoreError::Internal(e.to_string()))?;
+            let stored = u64::try_from(ciphertext.len()).unwrap_or(u64::MAX);
+            self.check_quota(1, stored, 0).await?;
             let record = Record {
                 id,
                 version: 1,
@@ -877,6 +1108,7 @@ impl TenantHandle<'_> {
             };
             match self.backend.insert(&self.scope, &row).await? {
                 InsertOutcome::Inserted => {
+                    self.count(1, i64::try_from(stored).unwrap_or(i64::MAX), 0);
                     return Ok(Created {
                         record,
                         replayed: false,
@@ -946,6 +1178,9 @@ impl TenantHandle<'_> {
                 .keys
                 .seal_record(&place, &plain)
                 .map_err(|e| StoreError::Internal(e.to_string()))?;
+            // The new version needs room of its own: the old one's size is not known here.
+            self.check_quota(0, u64::try_from(ciphertext.len()).unwrap_or(u64::MAX), 0)
+                .await?;
             let row = UpdateRow {
                 record: RecordRow {
                     collection: name.clone(),

@@ -35,4 +35,7 @@ pub struct Problem {
     errors: Option<Vec<serde_json::Value>>,
     /// For `invalid-token`: the reason class (`expired`, `bad_signature`, …).
     reason: Option<String>,
+    /// For `quota-exceeded`: the quota that would be exceeded (`max_records`, `max_bytes`,
+    /// `max_collections`).
+    quota: Option<String>,
 }

@@ -4,8 +4,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use bulkhead_core::tier::{LimitOverrides, TierLimits};
 use bulkhead_core::token::{MintRequest, SigningAlg};
-use bulkhead_core::{Role, Roles, Subject, Tenant, TenantName, TenantStatus};
+use bulkhead_core::{Role, Roles, Subject, Tenant, TenantName, TenantStatus, TierName};
 use bulkhead_store::port::TenantPatch;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -24,6 +25,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_tenant, patch_tenant, delete_tenant))
         .routes(routes!(mint_token))
         .routes(routes!(rotate_key))
+        .routes(routes!(list_tiers))
+        .routes(routes!(put_tier))
+        .routes(routes!(tenant_limits))
+        .routes(routes!(metrics))
 }
 
 /// Most tenants one list page returns.
@@ -58,6 +63,19 @@ pub struct PatchTenant {
     pub status: Option<String>,
     #[serde(default)]
     pub tier: Option<String>,
+    /// The tenant's own limit overrides, on top of its tier's (fields left out keep the
+    /// tier's). `null` or `{}` removes them.
+    #[serde(default, deserialize_with = "present")]
+    pub limits: Option<Option<LimitOverrides>>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one left out (`None`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -99,14 +117,18 @@ fn signing_alg(s: Option<&str>) -> Result<SigningAlg, ApiError> {
 }
 
 fn tier(st: &AppState, s: &str) -> Result<bulkhead_core::TierName, ApiError> {
-    st.config.tier(s).ok_or_else(|| {
-        let known: Vec<&str> = st.config.tiers.iter().map(String::as_str).collect();
-        ApiError::BadRequest(format!(
-            "unknown tier `{}`: use one of {}",
-            s.chars().take(32).collect::<String>(),
-            known.join(", ")
-        ))
-    })
+    match st.store.tier(s) {
+        Some((name, _)) => Ok(name),
+        None => {
+            let tiers = st.store.tiers();
+            let known: Vec<&str> = tiers.keys().map(String::as_str).collect();
+            Err(ApiError::BadRequest(format!(
+                "unknown tier `{}`: use one of {}",
+                s.chars().take(32).collect::<String>(),
+                known.join(", ")
+            )))
+        }
+    }
 }
 
 /// Onboards a tenant, with its own signing key and data key.
@@ -177,7 +199,8 @@ async fn get_tenant(
     Ok(Json(st.store.get_tenant(tenant_id(&id)?).await?))
 }
 
-/// Suspends or resumes a tenant, or changes its tier.
+/// Suspends or resumes a tenant, changes its tier, or sets its own limit overrides. A new
+/// tier or new limits apply to the tenant's requests within seconds, on every instance.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant_id}", tag = "tenants", params(("tenant_id" = String, Path)),
     request_body = PatchTenant,
     responses((status = 200, body = Tenant), (status = 400, body = Problem), (status = 404, body = Problem)),
@@ -201,6 +224,10 @@ async fn patch_tenant(
         }
     };
     let tier = b.tier.as_deref().map(|t| tier(&st, t)).transpose()?;
+    if let Some(overrides) = b.limits {
+        st.store.set_limit_overrides(id, overrides).await?;
+        tracing::info!(tenant = %id, "tenant limit overrides changed");
+    }
     let t = st
         .store
         .update_tenant(id, TenantPatch { status, tier })
@@ -295,4 +322,108 @@ async fn rotate_key(
     let key = st.store.rotate_signing_key(id, alg).await?;
     tracing::info!(tenant = %id, kid = %key.kid, "signing key rotated");
     Ok((StatusCode::CREATED, Json(key.to_jwk())))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TierInfo {
+    #[schema(example = "standard")]
+    pub name: String,
+    pub limits: TierLimits,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TierList {
+    pub items: Vec<TierInfo>,
+}
+
+/// Lists every tier in force: those of the configuration, overlaid by those defined through
+/// `PUT /v1/tiers/{name}`.
+#[utoipa::path(get, path = "/v1/tiers", tag = "limits",
+    responses((status = 200, body = TierList), (status = 401, body = Problem)),
+    security(("operator_token" = [])))]
+async fn list_tiers(_: Operator, State(st): State<AppState>) -> Json<TierList> {
+    let items = st
+        .store
+        .tiers()
+        .iter()
+        .map(|(name, limits)| TierInfo {
+            name: name.clone(),
+            limits: *limits,
+        })
+        .collect();
+    Json(TierList { items })
+}
+
+/// Creates or replaces a tier. Fields left out take the tier's configured limits (the built-in
+/// `standard` limits for a tier the configuration does not define). Tenants on the tier are
+/// held to the new limits within seconds, on every instance (tiers are stored in the database).
+#[utoipa::path(put, path = "/v1/tiers/{name}", tag = "limits",
+    params(("name" = String, Path, description = "Tier name: a-z first, then a-z, 0-9, `_`, `-`; at most 32")),
+    request_body = LimitOverrides,
+    responses((status = 200, body = TierInfo), (status = 400, body = Problem), (status = 401, body = Problem)),
+    security(("operator_token" = [])))]
+async fn put_tier(
+    _: Operator,
+    State(st): State<AppState>,
+    P(name): P<String>,
+    body: JsonBody<LimitOverrides>,
+) -> Result<Json<TierInfo>, ApiError> {
+    let name = TierName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let limits = st.store.put_tier(name.clone(), &body.value).await?;
+    tracing::info!(tier = %name, "tier defined");
+    Ok(Json(TierInfo {
+        name: name.as_str().to_owned(),
+        limits,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantLimits {
+    #[schema(example = "standard")]
+    pub tier: String,
+    /// The tenant's own overrides (empty when it has none).
+    pub overrides: LimitOverrides,
+    /// What the tenant is held to: its tier's limits with its overrides on top.
+    pub effective: TierLimits,
+}
+
+/// A tenant's tier, overrides and the limits in force for it.
+#[utoipa::path(get, path = "/v1/tenants/{tenant_id}/limits", tag = "limits", params(("tenant_id" = String, Path)),
+    responses((status = 200, body = TenantLimits), (status = 404, body = Problem)),
+    security(("operator_token" = [])))]
+async fn tenant_limits(
+    _: Operator,
+    State(st): State<AppState>,
+    P(id): P<String>,
+) -> Result<Json<TenantLimits>, ApiError> {
+    let id = tenant_id(&id)?;
+    let state = st
+        .store
+        .tenant_state(id)
+        .await?
+        .filter(|s| s.tenant.status != TenantStatus::Deleted)
+        .ok_or(ApiError::NotFound("no such tenant"))?;
+    Ok(Json(TenantLimits {
+        tier: state.tenant.tier.as_str().to_owned(),
+        overrides: state.overrides,
+        effective: st.store.limits_of(&state),
+    }))
+}
+
+/// Prometheus metrics (text format 0.0.4): per-tenant requests by outcome, latency, throttles,
+/// sheds and quota refusals for the top tenants by traffic (the rest as `tenant="other"`),
+/// and the limiter's own figures. Operator only: tenant ids and traffic are operator data.
+#[utoipa::path(get, path = "/metrics", tag = "limits",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 401, body = Problem)),
+    security(("operator_token" = [])))]
+async fn metrics(_: Operator, State(st): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        st.isolation.metrics.render(),
+    )
+        .into_response()
 }

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::role::Action;
+use bulkhead_core::tier::{TierLimits, Usage};
 use bulkhead_store::service::{CollectionInfo, Idempotency, Page, Record};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -28,6 +29,43 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(put_collection, get_collection))
         .routes(routes!(create_record, list_records))
         .routes(routes!(get_record, put_record, delete_record))
+        .routes(routes!(usage))
+}
+
+/// A tenant's own limits and consumption.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageReport {
+    #[schema(example = "standard")]
+    pub tier: String,
+    /// The limits in force: the tier's, with the tenant's own overrides on top.
+    pub limits: TierLimits,
+    /// What the tenant stores now.
+    pub usage: Usage,
+    /// The tenant's requests in progress on this instance (this one included).
+    pub in_flight: u32,
+}
+
+/// The caller's own tier, limits and consumption — never another tenant's: the tenant is the
+/// token's.
+#[utoipa::path(get, path = "/v1/usage", tag = "limits",
+    responses((status = 200, body = UsageReport), (status = 401, body = Problem), (status = 429, body = Problem)),
+    security(("tenant_token" = [])))]
+async fn usage(caller: Caller, State(st): State<AppState>) -> Result<Json<UsageReport>, ApiError> {
+    let ctx = &caller.0;
+    let handle = st.store.tenant(ctx).await?;
+    let usage = handle.usage().await?;
+    let tier = st
+        .store
+        .tenant_state(ctx.tenant())
+        .await?
+        .map(|s| s.tenant.tier.as_str().to_owned())
+        .unwrap_or_default();
+    Ok(Json(UsageReport {
+        tier,
+        limits: *handle.limits(),
+        usage,
+        in_flight: st.isolation.limiter.inflight(ctx.tenant()),
+    }))
 }
 
 /// A collection definition.

@@ -1,0 +1,255 @@
+//! Service tiers: the limits a tenant is held to, so that one tenant's traffic or data cannot
+//! take capacity another tenant is owed.
+//!
+//! A tier is a [`TierLimits`]; a tenant is on one tier and may carry [`LimitOverrides`] on top
+//! of it. The enforcement lives elsewhere (`bulkhead-limits` for rates and concurrency, the
+//! record service for storage quotas); this module is only the vocabulary.
+
+use serde::{Deserialize, Serialize};
+
+/// Every limit a tier sets. All are per tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    /// Sustained requests per second (GCRA emission rate).
+    pub rate_per_second: f64,
+    /// Requests that may arrive at once on top of an idle sustained rate (GCRA burst).
+    pub burst: u32,
+    /// Requests of the tenant being served at the same moment.
+    pub max_concurrency: u32,
+    /// Records stored, over all collections.
+    pub max_records: u64,
+    /// Bytes stored (record ciphertexts).
+    pub max_bytes: u64,
+    /// Collections defined.
+    pub max_collections: u64,
+    /// Largest request body, in bytes (never above the server-wide `limits.max_body_bytes`).
+    pub max_body_bytes: u64,
+}
+
+/// Changes to a tier's limits: a field that is `None` keeps the limit it is applied to. Used
+/// for a tenant's own overrides and for the body of `PUT /v1/tiers/{name}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_records: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_collections: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Highest sustained rate a tier may set (a larger figure is a typo, not a plan).
+pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
+
+impl TierLimits {
+    /// The built-in limits of the tiers every server knows. Unknown names get `standard`'s.
+    pub fn builtin(name: &str) -> Self {
+        const MIB: u64 = 1024 * 1024;
+        match name {
+            "free" => Self {
+                rate_per_second: 20.0,
+                burst: 40,
+                max_concurrency: 8,
+                max_records: 10_000,
+                max_bytes: 64 * MIB,
+                max_collections: 10,
+                max_body_bytes: 256 * 1024,
+            },
+            "enterprise" => Self {
+                rate_per_second: 20_000.0,
+                burst: 40_000,
+                max_concurrency: 1024,
+                max_records: 1_000_000_000,
+                max_bytes: 1024 * 1024 * MIB,
+                max_collections: 10_000,
+                max_body_bytes: MIB,
+            },
+            _ => Self {
+                rate_per_second: 500.0,
+                burst: 1000,
+                max_concurrency: 64,
+                max_records: 1_000_000,
+                max_bytes: 4 * 1024 * MIB,
+                max_collections: 200,
+                max_body_bytes: MIB,
+            },
+        }
+    }
+
+    /// These limits with `o` applied on top.
+    #[must_use]
+    pub fn with(&self, o: &LimitOverrides) -> Self {
+        Self {
+            rate_per_second: o.rate_per_second.unwrap_or(self.rate_per_second),
+            burst: o.burst.unwrap_or(self.burst),
+            max_concurrency: o.max_concurrency.unwrap_or(self.max_concurrency),
+            max_records: o.max_records.unwrap_or(self.max_records),
+            max_bytes: o.max_bytes.unwrap_or(self.max_bytes),
+            max_collections: o.max_collections.unwrap_or(self.max_collections),
+            max_body_bytes: o.max_body_bytes.unwrap_or(self.max_body_bytes),
+        }
+    }
+
+    /// Refuses limits that could not be enforced sensibly.
+    pub fn check(&self) -> Result<(), TierError> {
+        if !(self.rate_per_second.is_finite()
+            && self.rate_per_second > 0.0
+            && self.rate_per_second <= MAX_RATE_PER_SECOND)
+        {
+            return Err(TierError(format!(
+                "`rate_per_second` must be above 0 and at most {MAX_RATE_PER_SECOND}"
+            )));
+        }
+        if self.burst == 0 {
+            return Err(TierError("`burst` must be at least 1".into()));
+        }
+        if self.max_concurrency == 0 {
+            return Err(TierError("`max_concurrency` must be at least 1".into()));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(TierError("`max_body_bytes` must be at least 1024".into()));
+        }
+        Ok(())
+    }
+}
+
+impl LimitOverrides {
+    /// `true` when nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Limits that cannot be enforced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TierError(pub String);
+
+/// What a tenant has stored, as the storage quotas count it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    pub records: u64,
+    /// Stored bytes of record ciphertexts.
+    pub bytes: u64,
+    pub collections: u64,
+}
+
+/// The storage quota a write would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    Records,
+    Bytes,
+    Collections,
+}
+
+impl Quota {
+    /// The quota's name in the API (`max_records`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quota::Records => "max_records",
+            Quota::Bytes => "max_bytes",
+            Quota::Collections => "max_collections",
+        }
+    }
+}
+
+impl Usage {
+    /// The first quota of `limits` that `self` plus the given additions would exceed.
+    pub fn exceeds(
+        &self,
+        limits: &TierLimits,
+        add_records: u64,
+        add_bytes: u64,
+        add_collections: u64,
+    ) -> Option<Quota> {
+        if add_records > 0 && self.records.saturating_add(add_records) > limits.max_records {
+            return Some(Quota::Records);
+        }
+        if add_bytes > 0 && self.bytes.saturating_add(add_bytes) > limits.max_bytes {
+            return Some(Quota::Bytes);
+        }
+        if add_collections > 0
+            && self.collections.saturating_add(add_collections) > limits.max_collections
+        {
+            return Some(Quota::Collections);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply_field_by_field() {
+        let base = TierLimits::builtin("free");
+        let o = LimitOverrides {
+            burst: Some(7),
+            ..Default::default()
+        };
+        let l = base.with(&o);
+        assert_eq!(l.burst, 7);
+        assert_eq!(l.rate_per_second, base.rate_per_second);
+        assert!(LimitOverrides::default().is_empty());
+        assert!(!o.is_empty());
+    }
+
+    #[test]
+    fn nonsense_limits_are_refused() {
+        let ok = TierLimits::builtin("standard");
+        assert!(ok.check().is_ok());
+        for bad in [
+            TierLimits {
+                rate_per_second: 0.0,
+                ..ok
+            },
+            TierLimits {
+                rate_per_second: f64::NAN,
+                ..ok
+            },
+            TierLimits { burst: 0, ..ok },
+            TierLimits {
+                max_concurrency: 0,
+                ..ok
+            },
+            TierLimits {
+                max_body_bytes: 10,
+                ..ok
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quotas_name_the_first_exceeded() {
+        let l = TierLimits {
+            max_records: 2,
+            max_bytes: 100,
+            max_collections: 1,
+            ..TierLimits::builtin("free")
+        };
+        let u = Usage {
+            records: 2,
+            bytes: 50,
+            collections: 1,
+        };
+        assert_eq!(u.exceeds(&l, 1, 10, 0), Some(Quota::Records));
+        assert_eq!(u.exceeds(&l, 0, 51, 0), Some(Quota::Bytes));
+        assert_eq!(u.exceeds(&l, 0, 50, 0), None);
+        assert_eq!(u.exceeds(&l, 0, 0, 1), Some(Quota::Collections));
+        // Shrinking or rewriting in place is always allowed.
+        assert_eq!(u.exceeds(&l, 0, 0, 0), None);
+    }
+}
