@@ -20,10 +20,12 @@ use bulkhead_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::audit::{Audit, AuditConfig, RequestMeta};
 use crate::port::{
-    CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry,
-    Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    AuditScope, CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow,
+    Registry, Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
 };
+use bulkhead_audit::{Actor, AuditKey, EntryBody, LogId, Outcome};
 use crate::{BackendError, StoreError};
 
 /// How many times a write is retried when the collection changed under it.
@@ -41,6 +43,7 @@ pub struct StoreConfig {
     pub cache_ttl: Duration,
     /// Most tenants and collections kept in the caches.
     pub cache_capacity: usize,
+    pub audit: AuditConfig,
 }
 
 impl Default for StoreConfig {
@@ -50,6 +53,7 @@ impl Default for StoreConfig {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             cache_ttl: Duration::from_secs(5),
             cache_capacity: 100_000,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -87,6 +91,7 @@ pub struct Store {
     cfg: StoreConfig,
     tenants: quick_cache::sync::Cache<TenantId, Arc<TenantState>>,
     collections: quick_cache::sync::Cache<(TenantId, CollectionName), Arc<CachedCollection>>,
+    audit: Audit,
 }
 
 impl std::fmt::Debug for Store {
@@ -115,10 +120,16 @@ impl Store {
             return Err(StoreError::Internal(WRONG_MASTER_KEY.into()));
         }
         let cap = cfg.cache_capacity.max(16);
+        let audit = Audit::new(
+            shared.clone(),
+            AuditKey::from_seed(&master.audit_signing_seed()),
+            cfg.audit.clone(),
+        );
         Ok(Self {
             registry,
             shared,
             master,
+            audit,
             tenants: quick_cache::sync::Cache::new(cap),
             collections: quick_cache::sync::Cache::new(cap),
             cfg,
@@ -131,6 +142,37 @@ impl Store {
 
     pub fn registry(&self) -> &dyn Registry {
         self.registry.as_ref()
+    }
+
+    /// The audit service: recording, checkpoints, proofs.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// The caller's own audit log.
+    pub fn tenant_audit(&self, ctx: &TenantContext) -> AuditScope {
+        // INVARIANT: the log is the verified context's tenant's.
+        AuditScope::new(LogId::Tenant(ctx.tenant()))
+    }
+
+    /// Any audit log, for the operator plane (and the checkpointer and verifier). Callers
+    /// must have authenticated the operator; tenant paths use [`Store::tenant_audit`].
+    pub fn operator_audit(&self, log: LogId) -> AuditScope {
+        AuditScope::new(log)
+    }
+
+    /// Records an operator action on a tenant in that tenant's own log as well (so the tenant
+    /// sees what was done to it: creation, status changes, key rotation, offboarding's
+    /// tombstone). Operator paths only.
+    pub async fn operator_record_in_tenant_log(
+        &self,
+        tenant: TenantId,
+        action: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), StoreError> {
+        self.audit
+            .record_in_tenant_log(LogId::Tenant(tenant), action, Outcome::Success, meta)
+            .await
     }
 
     fn backend(&self, placement: &Placement) -> &Arc<dyn RecordBackend> {
@@ -381,12 +423,40 @@ impl Store {
         // INVARIANT: the scope's tenant is the verified context's tenant, and nothing else.
         Ok(TenantHandle {
             store: self,
+            actor: crate::audit::tenant_actor(ctx),
+            meta: RequestMeta::default(),
+            audit_scope: AuditScope::new(LogId::Tenant(id)),
             scope: Scope::new(id),
             keys,
             // The tenant's data lives where its placement says.
             backend: self.backend(&state.placement).clone(),
         })
     }
+}
+
+/// The outcome and reason class an error is recorded with.
+fn failure_class(e: &StoreError) -> (Outcome, &'static str) {
+    match e {
+        StoreError::NotFound => (Outcome::NotFound, ""),
+        StoreError::VersionMismatch { .. } => (Outcome::Conflict, "version"),
+        StoreError::IdempotencyConflict => (Outcome::Conflict, "idempotency-key"),
+        StoreError::Invalid(_) => (Outcome::Invalid, "schema"),
+        StoreError::Schema(_) => (Outcome::Invalid, "schema-definition"),
+        StoreError::Filter(_) => (Outcome::Invalid, "filter"),
+        StoreError::RecordTooLarge { .. } => (Outcome::Limited, "record-size"),
+        StoreError::TooDeep { .. } => (Outcome::Limited, "record-depth"),
+        StoreError::BadCursor => (Outcome::Invalid, "cursor"),
+        StoreError::NameTaken(_) => (Outcome::Conflict, "name"),
+        StoreError::TenantNotActive(_) => (Outcome::Denied, "tenant-status"),
+        StoreError::Unavailable(_) => (Outcome::Failed, "unavailable"),
+        StoreError::Integrity(_) => (Outcome::Failed, "integrity"),
+        StoreError::Internal(_) => (Outcome::Failed, "internal"),
+    }
+}
+
+/// The resource name of a record in audit entries.
+fn record_resource(name: &CollectionName, id: RecordId) -> String {
+    format!("collections/{name}/records/{id}")
 }
 
 fn now() -> Timestamp {
@@ -460,6 +530,12 @@ pub struct Created {
 pub struct TenantHandle<'s> {
     store: &'s Store,
     scope: Scope,
+    /// The caller, for audit entries (subject and roles from the verified token).
+    actor: Actor,
+    /// The request, for audit entries.
+    meta: RequestMeta,
+    /// The tenant's own audit log.
+    audit_scope: AuditScope,
     keys: Arc<TenantKeys>,
     backend: Arc<dyn RecordBackend>,
 }
@@ -475,6 +551,55 @@ impl std::fmt::Debug for TenantHandle<'_> {
 impl TenantHandle<'_> {
     pub fn tenant(&self) -> TenantId {
         self.scope.tenant()
+    }
+
+    /// Says which request the handle serves, for the audit entries it writes.
+    pub fn with_request(mut self, meta: RequestMeta) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    fn entry(&self, action: &str, resource: &str, outcome: Outcome, reason: &str) -> EntryBody {
+        EntryBody::new(
+            now(),
+            self.actor.clone(),
+            action,
+            resource,
+            outcome,
+            &self.meta.request_id,
+            &self.meta.source,
+            reason,
+        )
+    }
+
+    /// The encoded entry of a data change, to commit with it (`None` with auditing off).
+    fn change_entry(&self, action: &str, resource: &str) -> Option<Vec<u8>> {
+        self.store
+            .audit
+            .enabled()
+            .then(|| self.entry(action, resource, Outcome::Success, "").encode())
+    }
+
+    /// Appends an entry for an access or a refused change, durably.
+    async fn note(
+        &self,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let body = self.entry(action, resource, outcome, reason);
+        self.store.audit.append(&self.audit_scope, &body).await
+    }
+
+    /// Records the failure of an operation and hands its error back. The failure entry is best
+    /// effort: the request fails either way.
+    async fn failed<T>(&self, action: &str, resource: &str, e: StoreError) -> Result<T, StoreError> {
+        let (outcome, reason) = failure_class(&e);
+        if let Err(n) = self.note(action, resource, outcome, reason).await {
+            tracing::warn!(error = %n, "audit: cannot record a failed operation");
+        }
+        Err(e)
     }
 
     fn definition_label(name: &CollectionName) -> [&[u8]; 2] {
@@ -554,6 +679,23 @@ impl TenantHandle<'_> {
     /// Creates or replaces a collection. Returns the collection and whether it was created.
     /// When the set of indexes changes, existing records are re-indexed before this returns.
     pub async fn put_collection(
+        &self,
+        name: &CollectionName,
+        schema: Value,
+        indexes: Vec<String>,
+    ) -> Result<(CollectionInfo, bool), StoreError> {
+        let resource = format!("collections/{name}");
+        match self.put_collection_inner(name, schema, indexes).await {
+            Ok(v) => {
+                self.note("collection.put", &resource, Outcome::Success, "")
+                    .await?;
+                Ok(v)
+            }
+            Err(e) => self.failed("collection.put", &resource, e).await,
+        }
+    }
+
+    async fn put_collection_inner(
         &self,
         name: &CollectionName,
         schema: Value,
@@ -647,6 +789,17 @@ impl TenantHandle<'_> {
     }
 
     pub async fn list_collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
+        match self.list_collections_inner().await {
+            Ok(v) => {
+                self.note("collection.list", "collections", Outcome::Success, "")
+                    .await?;
+                Ok(v)
+            }
+            Err(e) => self.failed("collection.list", "collections", e).await,
+        }
+    }
+
+    async fn list_collections_inner(&self) -> Result<Vec<CollectionInfo>, StoreError> {
         let rows = self.backend.collections(&self.scope).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -667,8 +820,15 @@ impl TenantHandle<'_> {
         &self,
         name: &CollectionName,
     ) -> Result<CollectionInfo, StoreError> {
-        let c = self.collection(name, true).await?;
-        Ok(self.info(name, &c))
+        let resource = format!("collections/{name}");
+        match self.collection(name, true).await {
+            Ok(c) => {
+                self.note("collection.read", &resource, Outcome::Success, "")
+                    .await?;
+                Ok(self.info(name, &c))
+            }
+            Err(e) => self.failed("collection.read", &resource, e).await,
+        }
     }
 
     fn check_limits(&self, data: &Value) -> Result<Vec<u8>, StoreError> {
@@ -726,6 +886,29 @@ impl TenantHandle<'_> {
     /// Creates a record. With an idempotency key, a repeat of the same request returns the
     /// first response and creates nothing; the same key with another request is refused.
     pub async fn create_record(
+        &self,
+        name: &CollectionName,
+        data: Value,
+        idem: Option<Idempotency<'_>>,
+    ) -> Result<Created, StoreError> {
+        match self.create_record_inner(name, data, idem).await {
+            Ok(c) => {
+                if c.replayed {
+                    // Not a change: an access to the record the first request created.
+                    let resource = record_resource(name, c.record.id);
+                    self.note("record.create", &resource, Outcome::Success, "idempotent-replay")
+                        .await?;
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                let resource = format!("collections/{name}/records");
+                self.failed("record.create", &resource, e).await
+            }
+        }
+    }
+
+    async fn create_record_inner(
         &self,
         name: &CollectionName,
         data: Value,
@@ -798,8 +981,14 @@ impl TenantHandle<'_> {
                 index: self.tokens(name, &c.compiled, &data),
                 idempotency,
             };
-            match self.backend.insert(&self.scope, &row).await? {
+            let entry = self.change_entry("record.create", &record_resource(name, id));
+            match self
+                .backend
+                .insert(&self.scope, &row, entry.as_deref())
+                .await?
+            {
                 InsertOutcome::Inserted => {
+                    self.store.audit.mark(self.audit_scope.log());
                     return Ok(Created {
                         record,
                         replayed: false,
@@ -833,16 +1022,42 @@ impl TenantHandle<'_> {
         name: &CollectionName,
         id: RecordId,
     ) -> Result<Record, StoreError> {
-        let row = self
-            .backend
-            .get(&self.scope, name, id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        self.to_record(&row)
+        let resource = record_resource(name, id);
+        // The access is on record (durably, with the read) before the record is returned.
+        let entry = self.change_entry("record.read", &resource);
+        let read = async {
+            let row = self
+                .backend
+                .get(&self.scope, name, id, entry.as_deref())
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            self.store.audit.mark(self.audit_scope.log());
+            self.to_record(&row)
+        };
+        match read.await {
+            Ok(r) => Ok(r),
+            Err(e) => self.failed("record.read", &resource, e).await,
+        }
     }
 
     /// Replaces a record's data if its current version is `expected`.
     pub async fn update_record(
+        &self,
+        name: &CollectionName,
+        id: RecordId,
+        data: Value,
+        expected: u64,
+    ) -> Result<Record, StoreError> {
+        match self.update_record_inner(name, id, data, expected).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.failed("record.update", &record_resource(name, id), e)
+                    .await
+            }
+        }
+    }
+
+    async fn update_record_inner(
         &self,
         name: &CollectionName,
         id: RecordId,
@@ -882,8 +1097,14 @@ impl TenantHandle<'_> {
                 collection_version: c.row_version,
                 index: self.tokens(name, &c.compiled, &data),
             };
-            match self.backend.update(&self.scope, &row).await? {
+            let entry = self.change_entry("record.update", &record_resource(name, id));
+            match self
+                .backend
+                .update(&self.scope, &row, entry.as_deref())
+                .await?
+            {
                 WriteOutcome::Written { created_at } => {
+                    self.store.audit.mark(self.audit_scope.log());
                     return Ok(Record {
                         id,
                         version,
@@ -911,13 +1132,25 @@ impl TenantHandle<'_> {
         id: RecordId,
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
-        match self.backend.delete(&self.scope, name, id, expected).await? {
-            WriteOutcome::Written { .. } => Ok(()),
-            WriteOutcome::NotFound | WriteOutcome::StaleCollection => Err(StoreError::NotFound),
-            WriteOutcome::VersionMismatch { current } => {
-                Err(StoreError::VersionMismatch { current })
+        let resource = record_resource(name, id);
+        let entry = self.change_entry("record.delete", &resource);
+        let out = match self
+            .backend
+            .delete(&self.scope, name, id, expected, entry.as_deref())
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => return self.failed("record.delete", &resource, e.into()).await,
+        };
+        let e = match out {
+            WriteOutcome::Written { .. } => {
+                self.store.audit.mark(self.audit_scope.log());
+                return Ok(());
             }
-        }
+            WriteOutcome::NotFound | WriteOutcome::StaleCollection => StoreError::NotFound,
+            WriteOutcome::VersionMismatch { current } => StoreError::VersionMismatch { current },
+        };
+        self.failed("record.delete", &resource, e).await
     }
 
     /// Lists records matching every `(field, value)` equality filter, in id order.
@@ -927,6 +1160,21 @@ impl TenantHandle<'_> {
         filters: &[(String, String)],
         cursor: Option<&str>,
         limit: usize,
+    ) -> Result<Page, StoreError> {
+        let resource = format!("collections/{name}/records");
+        match self.query_inner(name, filters, cursor, limit, &resource).await {
+            Ok(p) => Ok(p),
+            Err(e) => self.failed("record.list", &resource, e).await,
+        }
+    }
+
+    async fn query_inner(
+        &self,
+        name: &CollectionName,
+        filters: &[(String, String)],
+        cursor: Option<&str>,
+        limit: usize,
+        resource: &str,
     ) -> Result<Page, StoreError> {
         let c = self.collection(name, false).await?;
         let mut tokens = Vec::with_capacity(filters.len());
@@ -939,10 +1187,20 @@ impl TenantHandle<'_> {
             None => None,
         };
         let limit = limit.clamp(1, self.store.cfg.limits.max_page_size.max(1));
+        // The access is on record (durably, with the read) before the page is returned.
+        let entry = self.change_entry("record.list", resource);
         let mut rows = self
             .backend
-            .query(&self.scope, name, &tokens, after, limit.saturating_add(1))
+            .query(
+                &self.scope,
+                name,
+                &tokens,
+                after,
+                limit.saturating_add(1),
+                entry.as_deref(),
+            )
             .await?;
+        self.store.audit.mark(self.audit_scope.log());
         let more = rows.len() > limit;
         rows.truncate(limit);
         let items = rows

@@ -61,10 +61,9 @@ pub struct RecordBody {
     security(("tenant_token" = [])))]
 async fn list_collections(
     caller: Caller,
-    State(st): State<AppState>,
 ) -> Result<Json<CollectionList>, ApiError> {
-    let ctx = caller.require(Action::ListCollections)?;
-    let items = st.store.tenant(ctx).await?.list_collections().await?;
+    caller.require(Action::ListCollections).await?;
+    let items = caller.tenant().await?.list_collections().await?;
     Ok(Json(CollectionList { items }))
 }
 
@@ -80,16 +79,14 @@ async fn list_collections(
     security(("tenant_token" = [])))]
 async fn put_collection(
     caller: Caller,
-    State(st): State<AppState>,
     P(name): P<String>,
     body: JsonBody<PutCollection>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
-    let ctx = caller.require(Action::ManageCollection)?;
+    caller.require(Action::ManageCollection).await?;
     let name = collection_name(&name)?;
     let PutCollection { schema, indexes } = body.value;
-    let (info, created) = st
-        .store
-        .tenant(ctx)
+    let (info, created) = caller
+        .tenant()
         .await?
         .put_collection(&name, schema, indexes)
         .await?;
@@ -111,13 +108,12 @@ async fn put_collection(
     security(("tenant_token" = [])))]
 async fn get_collection(
     caller: Caller,
-    State(st): State<AppState>,
     P(name): P<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
-    let ctx = caller.require(Action::ListCollections)?;
+    caller.require(Action::ListCollections).await?;
     let name = collection_name(&name)?;
     Ok(Json(
-        st.store.tenant(ctx).await?.get_collection(&name).await?,
+        caller.tenant().await?.get_collection(&name).await?,
     ))
 }
 
@@ -188,21 +184,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     security(("tenant_token" = [])))]
 async fn create_record(
     caller: Caller,
-    State(st): State<AppState>,
     P(name): P<String>,
     headers: HeaderMap,
     body: JsonBody<RecordBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = caller.require(Action::WriteRecord)?;
+    caller.require(Action::WriteRecord).await?;
     let name = collection_name(&name)?;
     let key = idempotency_key(&headers)?;
     let idem = key.map(|key| Idempotency {
         key,
         body_digest: Sha256::digest(&body.raw).into(),
     });
-    let created = st
-        .store
-        .tenant(ctx)
+    let created = caller
+        .tenant()
         .await?
         .create_record(&name, body.value.data, idem)
         .await?;
@@ -232,7 +226,7 @@ async fn list_records(
     P(name): P<String>,
     QueryPairs(query): QueryPairs,
 ) -> Result<Json<Page>, ApiError> {
-    let ctx = caller.require(Action::ListRecords)?;
+    caller.require(Action::ListRecords).await?;
     let name = collection_name(&name)?;
     let max = st.store.config().limits.max_page_size;
     let (mut limit, mut cursor, mut filters) = (100.min(max), None, Vec::new());
@@ -251,9 +245,8 @@ async fn list_records(
             },
         }
     }
-    let page = st
-        .store
-        .tenant(ctx)
+    let page = caller
+        .tenant()
         .await?
         .query(&name, &filters, cursor.as_deref(), limit)
         .await?;
@@ -267,12 +260,11 @@ async fn list_records(
     security(("tenant_token" = [])))]
 async fn get_record(
     caller: Caller,
-    State(st): State<AppState>,
     P((name, id)): P<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let ctx = caller.require(Action::ReadRecord)?;
+    caller.require(Action::ReadRecord).await?;
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
-    let record = st.store.tenant(ctx).await?.get_record(&name, id).await?;
+    let record = caller.tenant().await?.get_record(&name, id).await?;
     Ok(record_response(StatusCode::OK, &record))
 }
 
@@ -285,15 +277,14 @@ async fn get_record(
     security(("tenant_token" = [])))]
 async fn put_record(
     caller: Caller,
-    State(st): State<AppState>,
     P((name, id)): P<(String, String)>,
     headers: HeaderMap,
     body: JsonBody<RecordBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = caller.require(Action::WriteRecord)?;
+    caller.require(Action::WriteRecord).await?;
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
     let versions = if_match(&headers)?.ok_or(ApiError::PreconditionRequired)?;
-    let h = st.store.tenant(ctx).await?;
+    let h = caller.tenant().await?;
     // With several candidate versions, the one the record is at (if any) is the one to write.
     let expected = match versions.as_slice() {
         [one] => *one,
@@ -318,11 +309,10 @@ async fn put_record(
     security(("tenant_token" = [])))]
 async fn delete_record(
     caller: Caller,
-    State(st): State<AppState>,
     P((name, id)): P<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = caller.require(Action::DeleteRecord)?;
+    caller.require(Action::DeleteRecord).await?;
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
     let expected = match if_match(&headers)? {
         None => None,
@@ -333,8 +323,8 @@ async fn delete_record(
             ));
         }
     };
-    st.store
-        .tenant(ctx)
+    caller
+        .tenant()
         .await?
         .delete_record(&name, id, expected)
         .await?;
