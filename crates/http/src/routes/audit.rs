@@ -124,7 +124,9 @@ async fn entries(
 ) -> Result<Json<AuditPage>, ApiError> {
     let ctx = caller.require(Action::ReadAudit).await?;
     let scope = st.store.tenant_audit(ctx);
-    Ok(Json(list(&st, &scope, q).await?))
+    let page = list(&st, &scope, q).await?;
+    read_recorded(&st, &caller, "audit").await?;
+    Ok(Json(page))
 }
 
 /// The latest signed checkpoint of the caller's log.
@@ -137,9 +139,9 @@ async fn checkpoint(
 ) -> Result<Json<CheckpointJson>, ApiError> {
     let ctx = caller.require(Action::ReadAudit).await?;
     let scope = st.store.tenant_audit(ctx);
-    Ok(Json(
-        st.store.audit().latest_checkpoint(&scope).await?.to_json(),
-    ))
+    let cp = st.store.audit().latest_checkpoint(&scope).await?.to_json();
+    read_recorded(&st, &caller, "audit/checkpoint").await?;
+    Ok(Json(cp))
 }
 
 /// The proof that entry `seq` is in the signed checkpoint of `size` entries.
@@ -155,7 +157,9 @@ async fn inclusion(
     let ctx = caller.require(Action::ReadAudit).await?;
     let (seq, size) = two(q, "seq", "size")?;
     let scope = st.store.tenant_audit(ctx);
-    Ok(Json(st.store.audit().inclusion(&scope, seq, size).await?))
+    let p = st.store.audit().inclusion(&scope, seq, size).await?;
+    read_recorded(&st, &caller, "audit/proof").await?;
+    Ok(Json(p))
 }
 
 /// The proof that the signed checkpoint of `from` entries is a prefix of the one of `to`.
@@ -171,7 +175,18 @@ async fn consistency(
     let ctx = caller.require(Action::ReadAudit).await?;
     let (from, to) = two(q, "from", "to")?;
     let scope = st.store.tenant_audit(ctx);
-    Ok(Json(st.store.audit().consistency(&scope, from, to).await?))
+    let p = st.store.audit().consistency(&scope, from, to).await?;
+    read_recorded(&st, &caller, "audit/proof").await?;
+    Ok(Json(p))
+}
+
+/// Reading the audit log is an access like any other: it is on record before it is answered.
+async fn read_recorded(st: &AppState, caller: &Caller, resource: &str) -> Result<(), ApiError> {
+    Ok(st
+        .store
+        .audit()
+        .record(&caller.ctx, "audit.read", resource, Outcome::Success, &caller.meta, "")
+        .await?)
 }
 
 fn log_id(s: &str) -> Result<LogId, ApiError> {
