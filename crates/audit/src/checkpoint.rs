@@ -137,7 +137,9 @@ impl AuditPublicKey {
 
     pub fn from_json(k: &KeyJson) -> Result<Self, VerifyError> {
         if k.alg != "Ed25519" {
-            return Err(VerifyError::Malformed("key algorithm is not `Ed25519`".into()));
+            return Err(VerifyError::Malformed(
+                "key algorithm is not `Ed25519`".into(),
+            ));
         }
         let bytes = B64
             .decode(&k.public_key)
@@ -147,7 +149,9 @@ impl AuditPublicKey {
         let key = Self::from_bytes(&arr)
             .ok_or_else(|| VerifyError::Malformed("public key is not a valid point".into()))?;
         if key.key_id != k.key_id {
-            return Err(VerifyError::Malformed("key id does not match the key".into()));
+            return Err(VerifyError::Malformed(
+                "key id does not match the key".into(),
+            ));
         }
         Ok(key)
     }

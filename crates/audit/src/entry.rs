@@ -242,7 +242,10 @@ pub fn cut(s: &str) -> String {
 
 impl EntryBody {
     /// A body at `time`, with every text cut to [`MAX_TEXT`].
-    #[allow(clippy::too_many_arguments, reason = "one field each, named at the call site")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one field each, named at the call site"
+    )]
     pub fn new(
         time: Timestamp,
         actor: Actor,
@@ -447,6 +450,9 @@ mod tests {
         assert_eq!(LogId::parse("operator"), Some(LogId::Operator));
         let t = TenantId::generate();
         assert_eq!(LogId::parse(&t.to_string()), Some(LogId::Tenant(t)));
-        assert_eq!(LogId::from_bytes(LogId::Operator.to_bytes()), LogId::Operator);
+        assert_eq!(
+            LogId::from_bytes(LogId::Operator.to_bytes()),
+            LogId::Operator
+        );
     }
 }

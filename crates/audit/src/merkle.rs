@@ -322,7 +322,10 @@ mod tests {
             for m in 0..=n {
                 let p = consistency_proof(&l, m).unwrap();
                 let rm = root(&l[..m]);
-                assert!(verify_consistency(m as u64, n as u64, &rm, &r, &p), "{m} {n}");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &rm, &r, &p),
+                    "{m} {n}"
+                );
                 if m > 0 && m < n {
                     let mut bad = p.clone();
                     bad[0][0] ^= 1;

@@ -11,8 +11,8 @@ use bulkhead_audit::checkpoint::{
     verify_inclusion_json,
 };
 use bulkhead_audit::{AuditKey, AuditPublicKey, LogId, SignedCheckpoint};
-use bulkhead_core::crypto::MasterKey;
 use bulkhead_core::TenantId;
+use bulkhead_core::crypto::MasterKey;
 use bulkhead_store::audit::{VerifyReport, verify_log};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -102,7 +102,10 @@ fn public_key(cfg: &Config, given: Option<&str>) -> anyhow::Result<AuditPublicKe
             .map_err(|_| anyhow::anyhow!("--public-key is not 32 bytes"))?;
         return AuditPublicKey::from_bytes(&arr).context("--public-key is not an Ed25519 key");
     }
-    let text = match std::env::var("BULKHEAD_MASTER_KEY").ok().filter(|s| !s.is_empty()) {
+    let text = match std::env::var("BULKHEAD_MASTER_KEY")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
         Some(k) => Zeroizing::new(k),
         None => {
             let path = cfg
@@ -239,7 +242,10 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         }
         if per_log.len() <= 20 {
             for (log, r) in &per_log {
-                println!("  {log}: {} entries, {} checkpoints", r.entries, r.checkpoints);
+                println!(
+                    "  {log}: {} entries, {} checkpoints",
+                    r.entries, r.checkpoints
+                );
             }
         }
     }
@@ -287,12 +293,16 @@ fn verify_proof(a: &VerifyProofArgs) -> anyhow::Result<()> {
         .transpose()?;
     for f in &a.files {
         let raw = std::fs::read(f).with_context(|| format!("cannot read `{}`", f.display()))?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&raw).with_context(|| format!("`{}` is not JSON", f.display()))?;
+        let v: serde_json::Value = serde_json::from_slice(&raw)
+            .with_context(|| format!("`{}` is not JSON", f.display()))?;
         let what = if v.get("from_checkpoint").is_some() {
             let p: ConsistencyProofJson = serde_json::from_value(v)?;
-            any_key(&keys, |k| verify_consistency_json(&p, k, log))
-                .map(|()| format!("consistency of {} -> {} entries of log {}", p.from, p.to, p.log))
+            any_key(&keys, |k| verify_consistency_json(&p, k, log)).map(|()| {
+                format!(
+                    "consistency of {} -> {} entries of log {}",
+                    p.from, p.to, p.log
+                )
+            })
         } else if v.get("checkpoint").is_some() {
             let p: InclusionProofJson = serde_json::from_value(v)?;
             any_key(&keys, |k| verify_inclusion_json(&p, k, log).map(drop))
@@ -303,7 +313,11 @@ fn verify_proof(a: &VerifyProofArgs) -> anyhow::Result<()> {
             if let Some(l) = log
                 && l != s.checkpoint.log
             {
-                bail!("`{}`: the checkpoint is for log {}, not {l}", f.display(), c.log);
+                bail!(
+                    "`{}`: the checkpoint is for log {}, not {l}",
+                    f.display(),
+                    c.log
+                );
             }
             any_key(&keys, |k| k.verify(&s))
                 .map(|()| format!("checkpoint of {} entries of log {}", c.size, c.log))

@@ -249,7 +249,9 @@ impl Config {
             );
         }
         if self.audit.checkpoint_interval_seconds == 0 || self.audit.sweep_every == 0 {
-            anyhow::bail!("audit.checkpoint_interval_seconds and audit.sweep_every must be at least 1");
+            anyhow::bail!(
+                "audit.checkpoint_interval_seconds and audit.sweep_every must be at least 1"
+            );
         }
         for (tier, days) in &self.audit.retention_days {
             if !self.tiers.contains(tier) {

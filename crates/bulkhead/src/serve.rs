@@ -268,7 +268,10 @@ pub async fn checkpointer(store: Arc<Store>, cfg: crate::config::AuditSettings) 
 }
 
 /// Checkpoints every log, and prunes expired entries.
-async fn sweep(store: &Store, cfg: &crate::config::AuditSettings) -> Result<(), bulkhead_store::StoreError> {
+async fn sweep(
+    store: &Store,
+    cfg: &crate::config::AuditSettings,
+) -> Result<(), bulkhead_store::StoreError> {
     use bulkhead_audit::LogId;
     let audit = store.audit();
     audit.checkpoint_logs(vec![LogId::Operator]).await;
@@ -286,7 +289,9 @@ async fn sweep(store: &Store, cfg: &crate::config::AuditSettings) -> Result<(), 
                 let scope = store.operator_audit(LogId::Tenant(t.id));
                 match audit.prune(&scope, before).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(tenant = %t.id, pruned = n, "audit: expired entries pruned"),
+                    Ok(n) => {
+                        tracing::info!(tenant = %t.id, pruned = n, "audit: expired entries pruned")
+                    }
                     Err(e) => tracing::warn!(tenant = %t.id, error = %e, "audit: cannot prune"),
                 }
             }

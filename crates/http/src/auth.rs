@@ -9,10 +9,10 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use bulkhead_audit::Outcome;
 use bulkhead_core::role::{Action, Decision};
 use bulkhead_core::token::{TokenError, Verifier};
 use bulkhead_core::{TenantContext, TenantStatus, Timestamp};
-use bulkhead_audit::Outcome;
 use bulkhead_store::{RequestMeta, Store, TenantHandle};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -211,7 +211,12 @@ fn rejection_class(e: &ApiError) -> Option<String> {
 
 /// Records a refused credential in the operator log, durably, before the refusal is sent. If
 /// that fails, the request fails with the storage error instead.
-async fn record_rejection(st: &AppState, action: &str, e: ApiError, meta: &RequestMeta) -> ApiError {
+async fn record_rejection(
+    st: &AppState,
+    action: &str,
+    e: ApiError,
+    meta: &RequestMeta,
+) -> ApiError {
     let Some(class) = rejection_class(&e) else {
         return e;
     };
@@ -243,7 +248,14 @@ impl Caller {
                 tracing::info!(action = action.as_str(), "denied");
                 self.store
                     .audit()
-                    .record(&self.ctx, action.as_str(), "", Outcome::Denied, &self.meta, "role")
+                    .record(
+                        &self.ctx,
+                        action.as_str(),
+                        "",
+                        Outcome::Denied,
+                        &self.meta,
+                        "role",
+                    )
                     .await?;
                 Err(ApiError::Forbidden(action.as_str()))
             }

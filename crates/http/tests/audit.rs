@@ -11,12 +11,12 @@
 
 mod common;
 
+use bulkhead_audit::AuditPublicKey;
 use bulkhead_audit::LogId;
 use bulkhead_audit::checkpoint::{
     ConsistencyProofJson, InclusionProofJson, KeyJson, verify_consistency_json,
     verify_inclusion_json,
 };
-use bulkhead_audit::AuditPublicKey;
 use common::{ADMIN, Backend, TestApp, both_backends};
 use serde_json::Value;
 
@@ -52,13 +52,24 @@ async fn tenant_reads_its_own_log_and_proofs(backend: Backend) {
     let (t, tok) = app.tenant_with_notes("a").await;
     let rec = app.note(&tok, "hidden title 7f3a").await;
     let id = rec["id"].as_str().unwrap();
-    assert_eq!(app.get(&format!("/v1/collections/notes/records/{id}"), &tok).await.status, 200);
+    assert_eq!(
+        app.get(&format!("/v1/collections/notes/records/{id}"), &tok)
+            .await
+            .status,
+        200
+    );
     checkpoint_now(&app).await;
     let page = app.get("/v1/audit", &tok).await;
     assert_eq!(page.status, 200, "{:?}", page.body);
     assert_eq!(
         actions(&page.body),
-        ["tenant.create", "token.mint", "collection.put", "record.create", "record.read"]
+        [
+            "tenant.create",
+            "token.mint",
+            "collection.put",
+            "record.create",
+            "record.read"
+        ]
     );
     let read = &page.body["items"][4];
     assert_eq!(read["resource"], format!("collections/notes/records/{id}"));
@@ -79,7 +90,10 @@ async fn tenant_reads_its_own_log_and_proofs(backend: Backend) {
     assert_eq!(size, 5);
     for seq in 0..size {
         let p = app
-            .get(&format!("/v1/audit/proof/inclusion?seq={seq}&size={size}"), &tok)
+            .get(
+                &format!("/v1/audit/proof/inclusion?seq={seq}&size={size}"),
+                &tok,
+            )
             .await;
         assert_eq!(p.status, 200, "{:?}", p.body);
         let p: InclusionProofJson = serde_json::from_value(p.body).unwrap();
@@ -90,17 +104,28 @@ async fn tenant_reads_its_own_log_and_proofs(backend: Backend) {
     let size2 = cp2.body["size"].as_u64().unwrap();
     assert!(size2 > size);
     let c = app
-        .get(&format!("/v1/audit/proof/consistency?from={size}&to={size2}"), &tok)
+        .get(
+            &format!("/v1/audit/proof/consistency?from={size}&to={size2}"),
+            &tok,
+        )
         .await;
     assert_eq!(c.status, 200, "{:?}", c.body);
     let c: ConsistencyProofJson = serde_json::from_value(c.body).unwrap();
     verify_consistency_json(&c, &key, Some(LogId::Tenant(t))).unwrap();
     // Sizes without a checkpoint have no proof.
     let none = app
-        .get(&format!("/v1/audit/proof/inclusion?seq=0&size={}", size2 + 100), &tok)
+        .get(
+            &format!("/v1/audit/proof/inclusion?seq=0&size={}", size2 + 100),
+            &tok,
+        )
         .await;
     assert_eq!(none.status, 404);
-    assert_eq!(app.get("/v1/audit/proof/inclusion?seq=0", &tok).await.status, 400);
+    assert_eq!(
+        app.get("/v1/audit/proof/inclusion?seq=0", &tok)
+            .await
+            .status,
+        400
+    );
 }
 
 async fn tenant_audit_endpoints_are_isolated(backend: Backend) {
@@ -120,15 +145,30 @@ async fn tenant_audit_endpoints_are_isolated(backend: Backend) {
         "/v1/audit/checkpoint".to_owned(),
     ] {
         let r = app
-            .call("GET", &path, Some(&tok_b), None, &[("x-tenant-id", &tb.to_string())])
+            .call(
+                "GET",
+                &path,
+                Some(&tok_b),
+                None,
+                &[("x-tenant-id", &tb.to_string())],
+            )
             .await;
         assert_eq!(r.status, 200, "{path}");
         let text = String::from_utf8_lossy(&r.raw);
-        assert!(!text.contains(&id) && !text.contains(&ta.to_string()), "{path}: {text}");
+        assert!(
+            !text.contains(&id) && !text.contains(&ta.to_string()),
+            "{path}: {text}"
+        );
     }
     // Naming A in the header does not switch logs: it is refused.
     let r = app
-        .call("GET", "/v1/audit", Some(&tok_b), None, &[("x-tenant-id", &ta.to_string())])
+        .call(
+            "GET",
+            "/v1/audit",
+            Some(&tok_b),
+            None,
+            &[("x-tenant-id", &ta.to_string())],
+        )
         .await;
     assert_eq!(r.status, 403);
     // B's proofs are about B's log only: B's checkpoint is B's, and a proof B gets never
@@ -138,7 +178,10 @@ async fn tenant_audit_endpoints_are_isolated(backend: Backend) {
     assert_eq!(cpb.body["log"], tb.to_string());
     let size = cpb.body["size"].as_u64().unwrap();
     let p = app
-        .get(&format!("/v1/audit/proof/inclusion?seq=0&size={size}"), &tok_b)
+        .get(
+            &format!("/v1/audit/proof/inclusion?seq=0&size={size}"),
+            &tok_b,
+        )
         .await;
     let p: InclusionProofJson = serde_json::from_value(p.body).unwrap();
     verify_inclusion_json(&p, &key, Some(LogId::Tenant(tb))).unwrap();
@@ -155,7 +198,11 @@ async fn denials_and_refused_tokens_are_recorded(backend: Backend) {
     let (t, admin) = app.tenant_with_notes("a").await;
     let reader = app.token(t, &["reader"]).await;
     let r = app
-        .post("/v1/collections/notes/records", &reader, serde_json::json!({"data": {"title": "x"}}))
+        .post(
+            "/v1/collections/notes/records",
+            &reader,
+            serde_json::json!({"data": {"title": "x"}}),
+        )
         .await;
     assert_eq!(r.status, 403);
     let bad = app.get("/v1/collections", "not-a-token").await;
@@ -167,7 +214,9 @@ async fn denials_and_refused_tokens_are_recorded(backend: Backend) {
     assert_eq!(items[0]["outcome"], "denied");
     assert_eq!(items[0]["actor"]["roles"], "reader");
     // The refused token is in the operator log, with its reason class, never the token.
-    let op = app.get("/v1/audit/logs/operator?action=auth.token", ADMIN).await;
+    let op = app
+        .get("/v1/audit/logs/operator?action=auth.token", ADMIN)
+        .await;
     assert_eq!(op.status, 200, "{:?}", op.body);
     let items = op.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1);
@@ -182,12 +231,20 @@ async fn operator_reads_any_log(backend: Backend) {
     checkpoint_now(&app).await;
     let r = app.get(&format!("/v1/audit/logs/{t}"), ADMIN).await;
     assert_eq!(r.status, 200);
-    assert_eq!(actions(&r.body)[..3], ["tenant.create", "token.mint", "collection.put"]);
+    assert_eq!(
+        actions(&r.body)[..3],
+        ["tenant.create", "token.mint", "collection.put"]
+    );
     let op = app.get("/v1/audit/logs/operator", ADMIN).await;
     assert!(actions(&op.body).contains(&"tenant.create".to_owned()));
-    let cp = app.get(&format!("/v1/audit/logs/{t}/checkpoint"), ADMIN).await;
+    let cp = app
+        .get(&format!("/v1/audit/logs/{t}/checkpoint"), ADMIN)
+        .await;
     assert_eq!(cp.status, 200);
     // The operator routes are the operator's: a tenant token is refused there.
-    assert_eq!(app.get(&format!("/v1/audit/logs/{t}"), &tok).await.status, 401);
+    assert_eq!(
+        app.get(&format!("/v1/audit/logs/{t}"), &tok).await.status,
+        401
+    );
     assert_eq!(app.get("/v1/audit/logs/nope", ADMIN).await.status, 400);
 }

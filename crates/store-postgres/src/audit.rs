@@ -235,7 +235,11 @@ pub(crate) async fn entries(
             rls_tenant(log),
             conn.client()?.query(
                 &st,
-                &[&log_uuid(log), &position(from)?, &crate::sql::sql_limit(limit)],
+                &[
+                    &log_uuid(log),
+                    &position(from)?,
+                    &crate::sql::sql_limit(limit),
+                ],
             ),
         )
         .await?;
@@ -352,7 +356,11 @@ pub(crate) async fn checkpoints(
             rls_tenant(log),
             conn.client()?.query(
                 &st,
-                &[&log_uuid(log), &position(after)?, &crate::sql::sql_limit(limit)],
+                &[
+                    &log_uuid(log),
+                    &position(after)?,
+                    &crate::sql::sql_limit(limit),
+                ],
             ),
         )
         .await?;

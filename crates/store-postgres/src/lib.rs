@@ -446,9 +446,12 @@ impl RecordBackend for PostgresStore {
             None => conn.transaction(&tx, t, write).await?,
             Some(entry) => {
                 let [ast] = conn.prepare([audit::AFTER_INSERT]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &id, &entry];
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &entry];
                 let append = conn.client()?.execute(&ast, ap);
-                conn.transaction(&tx, t, audit::both(write, append)).await?.0
+                conn.transaction(&tx, t, audit::both(write, append))
+                    .await?
+                    .0
             }
         };
         match outcome(&out)?.as_str() {
@@ -470,7 +473,11 @@ impl RecordBackend for PostgresStore {
         // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
         let t = s.tenant();
         let conn = self.conn().await?;
-        let mode = if audit.is_some() { Mode::Write } else { Mode::Read };
+        let mode = if audit.is_some() {
+            Mode::Write
+        } else {
+            Mode::Read
+        };
         let (tx, [st]) = conn.prepare_tx(mode, [sql::GET_RECORD]).await?;
         let (tenant, collection, id) = (t.as_uuid(), name.as_str(), id.as_uuid());
         let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &id];
@@ -480,7 +487,8 @@ impl RecordBackend for PostgresStore {
             None => conn.transaction(&tx, t, read).await?,
             Some(entry) => {
                 let [ast] = conn.prepare([audit::AFTER_INSERT]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &id, &entry];
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &entry];
                 let append = conn.client()?.execute(&ast, ap);
                 conn.transaction(&tx, t, audit::both(read, append)).await?.0
             }
@@ -524,9 +532,12 @@ impl RecordBackend for PostgresStore {
             None => conn.transaction(&tx, t, write).await?,
             Some(entry) => {
                 let [ast] = conn.prepare([audit::AFTER_UPDATE]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &id, &version, &data, &entry];
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &version, &data, &entry];
                 let append = conn.client()?.execute(&ast, ap);
-                conn.transaction(&tx, t, audit::both(write, append)).await?.0
+                conn.transaction(&tx, t, audit::both(write, append))
+                    .await?
+                    .0
             }
         };
         write_outcome(&out)
@@ -555,9 +566,12 @@ impl RecordBackend for PostgresStore {
             None => conn.transaction(&tx, t, write).await?,
             Some(entry) => {
                 let [ast] = conn.prepare([audit::BEFORE_DELETE]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &id, &expected, &entry];
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &expected, &entry];
                 let append = conn.client()?.execute(&ast, ap);
-                conn.transaction(&tx, t, audit::both(append, write)).await?.1
+                conn.transaction(&tx, t, audit::both(append, write))
+                    .await?
+                    .1
             }
         };
         write_outcome(&out)
@@ -578,7 +592,11 @@ impl RecordBackend for PostgresStore {
         let limit = sql_limit(limit);
         let (tenant, collection) = (t.as_uuid(), name.as_str());
         let conn = self.conn().await?;
-        let mode = if audit.is_some() { Mode::Write } else { Mode::Read };
+        let mode = if audit.is_some() {
+            Mode::Write
+        } else {
+            Mode::Read
+        };
         // The audit entry rides the same pipelined transaction (see `audit.rs`).
         let append = match audit {
             Some(entry) => Some((conn.prepare([audit::APPEND]).await?, entry)),
@@ -587,7 +605,8 @@ impl RecordBackend for PostgresStore {
         let rows = match all_of.split_first() {
             None => {
                 let (tx, [st]) = conn.prepare_tx(mode, [sql::LIST_RECORDS]).await?;
-                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &after, &limit];
+                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &after, &limit];
                 let read = conn.client()?.query(&st, rp);
                 match &append {
                     None => conn.transaction(&tx, t, read).await?,
@@ -602,7 +621,8 @@ impl RecordBackend for PostgresStore {
                 let rest: Vec<&[u8]> = rest.iter().map(|t| t.as_slice()).collect();
                 let (tx, [st]) = conn.prepare_tx(mode, [sql::FILTER_RECORDS]).await?;
                 let first = first.as_slice();
-                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &first, &after, &rest, &limit];
+                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &first, &after, &rest, &limit];
                 let read = conn.client()?.query(&st, rp);
                 match &append {
                     None => conn.transaction(&tx, t, read).await?,

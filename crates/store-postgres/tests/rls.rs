@@ -620,11 +620,18 @@ async fn audit_tables_are_under_row_level_security() {
         // Entries placed and checkpointed, and one more left pending: rows in every table.
         let scope = env.store.tenant_audit(&ctx);
         env.store.audit().checkpoint(&scope).await.unwrap().unwrap();
-        env.store.tenant(&ctx).await.unwrap().list_collections().await.unwrap();
+        env.store
+            .tenant(&ctx)
+            .await
+            .unwrap()
+            .list_collections()
+            .await
+            .unwrap();
         tenants.push(ctx.tenant());
     }
     let (a, b) = (tenants[0], tenants[1]);
-    let insert = |table: &str| match table {
+    let insert = |table: &str| {
+        match table {
         "audit_pending" => "INSERT INTO audit_pending (tenant_id, body) VALUES ($1, '\\x00')",
         "audit_entries" => {
             "INSERT INTO audit_entries (tenant_id, seq, body, leaf) VALUES ($1, 1000, '\\x00', '\\x00')"
@@ -633,6 +640,7 @@ async fn audit_tables_are_under_row_level_security() {
             "INSERT INTO audit_checkpoints (tenant_id, size, root, time_us, key_id, signature, frontier)
              VALUES ($1, 1000, '\\x00', 0, 'k', '\\x00', '\\x00')"
         }
+    }
     };
     let c = env.harness.store.unscoped_client().await.unwrap();
     for table in AUDIT_TABLES {
@@ -647,7 +655,10 @@ async fn audit_tables_are_under_row_level_security() {
             .collect();
         assert!(!seen.is_empty(), "{table}: my rows are visible");
         assert!(seen.iter().all(|t| *t == a.as_uuid()), "{table}: {seen:?}");
-        assert_eq!(i64::try_from(seen.len()).unwrap(), owned_rows(&env, table, a).await);
+        assert_eq!(
+            i64::try_from(seen.len()).unwrap(),
+            owned_rows(&env, table, a).await
+        );
         assert!(owned_rows(&env, table, b).await > 0);
         c.batch_execute("COMMIT").await.unwrap();
         // Positive twin: a row for A as A is accepted; for B as A it is refused.
@@ -671,14 +682,27 @@ async fn audit_tables_are_under_row_level_security() {
     // Append-only for the application role, even on its own tenant's rows.
     for (sql, what) in [
         ("UPDATE audit_entries SET body = body", "update entries"),
-        ("UPDATE audit_checkpoints SET signature = signature", "update checkpoints"),
+        (
+            "UPDATE audit_checkpoints SET signature = signature",
+            "update checkpoints",
+        ),
         ("DELETE FROM audit_checkpoints", "delete checkpoints"),
-        ("UPDATE audit_operator_entries SET body = body", "update operator entries"),
-        ("DELETE FROM audit_operator_checkpoints", "delete operator checkpoints"),
+        (
+            "UPDATE audit_operator_entries SET body = body",
+            "update operator entries",
+        ),
+        (
+            "DELETE FROM audit_operator_checkpoints",
+            "delete operator checkpoints",
+        ),
     ] {
         begin_as(&c, a).await;
         let e = c.execute(sql, &[]).await.unwrap_err();
-        assert_eq!(e.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{what}: {e:?}");
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{what}: {e:?}"
+        );
         c.batch_execute("ROLLBACK").await.unwrap();
     }
 }

@@ -32,9 +32,7 @@ fn hash(b: Vec<u8>) -> rusqlite::Result<[u8; 32]> {
 pub(crate) fn size(c: &Connection, log: LogId) -> rusqlite::Result<u64> {
     let log = log.to_bytes();
     let next: i64 = c
-        .prepare_cached(
-            "SELECT coalesce(max(seq) + 1, 0) FROM audit_entries WHERE log = ?1",
-        )?
+        .prepare_cached("SELECT coalesce(max(seq) + 1, 0) FROM audit_entries WHERE log = ?1")?
         .query_row([log.as_slice()], |r| r.get(0))?;
     let checkpointed: i64 = c
         .prepare_cached("SELECT coalesce(max(size), 0) FROM audit_checkpoints WHERE log = ?1")?

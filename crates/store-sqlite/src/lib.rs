@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_audit::LogId;
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
-use bulkhead_audit::LogId;
 use bulkhead_store::port::{
     AuditBackend, AuditRow, AuditScope, CheckpointRow, CollectionRow, IndexToken, InsertOutcome,
     InsertRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow, TenantPatch, TenantRow,
@@ -489,7 +489,8 @@ impl AuditBackend for SqliteStore {
         limit: usize,
     ) -> Result<Vec<AuditRow>, BackendError> {
         let log = log.log();
-        self.read(move |c| audit::entries(c, log, from, limit)).await
+        self.read(move |c| audit::entries(c, log, from, limit))
+            .await
     }
 
     async fn audit_leaves(
@@ -508,7 +509,8 @@ impl AuditBackend for SqliteStore {
         row: &CheckpointRow,
     ) -> Result<(), BackendError> {
         let (log, row) = (log.log(), row.clone());
-        self.write(move |c| audit::put_checkpoint(c, log, &row)).await
+        self.write(move |c| audit::put_checkpoint(c, log, &row))
+            .await
     }
 
     async fn audit_checkpoint(

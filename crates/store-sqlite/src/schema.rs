@@ -8,7 +8,8 @@ use rusqlite::{Connection, OpenFlags};
 ///
 /// INVARIANT: the tenant id leads every primary key and index of a tenant-owned table (for the
 /// audit tables: the log id, which is the tenant id of a tenant's log).
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -75,7 +76,8 @@ CREATE TABLE idempotency (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, key)
 ) WITHOUT ROWID;
-", r"
+",
+    r"
 -- Audit logs (docs/audit.md): `log` is the tenant id, or 16 zero bytes for the operator log.
 -- Entries are append-only: nothing in Bulkhead updates them, and the database refuses to.
 -- Offboarding a tenant keeps its log and checkpoints (the purge does not touch them).
@@ -103,7 +105,8 @@ CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 CREATE TRIGGER audit_checkpoints_kept BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are kept'); END;
-"];
+",
+];
 
 /// The writer: WAL, and every commit fsync'd before it is acknowledged.
 pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {

@@ -149,13 +149,15 @@ impl Audit {
 
     /// Appends one entry, durably. Used by every path that is not a data change (those append
     /// in their own transaction).
-    pub(crate) async fn append(&self, scope: &AuditScope, body: &EntryBody) -> Result<(), StoreError> {
+    pub(crate) async fn append(
+        &self,
+        scope: &AuditScope,
+        body: &EntryBody,
+    ) -> Result<(), StoreError> {
         if !self.cfg.enabled {
             return Ok(());
         }
-        self.backend
-            .audit_append(scope, &[body.encode()])
-            .await?;
+        self.backend.audit_append(scope, &[body.encode()]).await?;
         self.mark(scope.log());
         Ok(())
     }
@@ -263,7 +265,10 @@ impl Audit {
     /// Places the log's pending entries and, if it grew (or has no checkpoint yet), signs and
     /// stores a checkpoint of it. Every entry's leaf is recomputed from its body before it is
     /// signed over, so bytes changed in storage are never vouched for.
-    pub async fn checkpoint(&self, scope: &AuditScope) -> Result<Option<SignedCheckpoint>, StoreError> {
+    pub async fn checkpoint(
+        &self,
+        scope: &AuditScope,
+    ) -> Result<Option<SignedCheckpoint>, StoreError> {
         let log = scope.log();
         let size = self.backend.audit_sequence(scope).await?;
         let last = self.backend.audit_checkpoint(scope, None).await?;
@@ -340,7 +345,9 @@ impl Audit {
     /// Checkpoints the logs this instance appended to since the last call. Returns how many
     /// checkpoints were signed. A log that fails stays marked and is retried next time.
     pub async fn checkpoint_dirty(&self) -> usize {
-        let logs: Vec<LogId> = std::mem::take(&mut *self.dirty.lock()).into_iter().collect();
+        let logs: Vec<LogId> = std::mem::take(&mut *self.dirty.lock())
+            .into_iter()
+            .collect();
         self.checkpoint_logs(logs).await
     }
 
@@ -382,7 +389,10 @@ impl Audit {
         let mut items = Vec::new();
         let mut scanned = 0;
         loop {
-            let rows = self.backend.audit_entries(scope, from, CHUNK.min(MAX_SCAN)).await?;
+            let rows = self
+                .backend
+                .audit_entries(scope, from, CHUNK.min(MAX_SCAN))
+                .await?;
             let at_end = rows.len() < CHUNK.min(MAX_SCAN);
             for r in rows {
                 from = r.seq + 1;
@@ -510,7 +520,9 @@ impl Audit {
             }
             for r in &rows {
                 from = r.seq + 1;
-                let t = EntryBody::decode(&r.body).map(|b| b.time_us).unwrap_or(i64::MAX);
+                let t = EntryBody::decode(&r.body)
+                    .map(|b| b.time_us)
+                    .unwrap_or(i64::MAX);
                 if t >= cutoff {
                     keep_from = Some(r.seq);
                     break 'scan;
@@ -556,7 +568,12 @@ impl Audit {
 }
 
 fn actor_of(ctx: &TenantContext) -> Actor {
-    let roles: Vec<&str> = ctx.roles().to_vec().into_iter().map(|r| r.as_str()).collect();
+    let roles: Vec<&str> = ctx
+        .roles()
+        .to_vec()
+        .into_iter()
+        .map(|r| r.as_str())
+        .collect();
     Actor::tenant(ctx.subject().as_str(), &roles.join(","))
 }
 
@@ -623,7 +640,10 @@ pub async fn verify_log(
     {
         check_checkpoint(log, &cp, key).map_err(|w| fail("checkpoint 0".into(), w))?;
         if cp.root != range.root() {
-            return Err(fail("checkpoint 0".into(), "not the empty tree's root".into()));
+            return Err(fail(
+                "checkpoint 0".into(),
+                "not the empty tree's root".into(),
+            ));
         }
         report.checkpoints += 1;
     }
@@ -655,7 +675,10 @@ pub async fn verify_log(
             }
             let leaf = entry_leaf(log, r.seq, &r.body);
             if leaf != r.leaf {
-                return Err(fail(at, "its bytes do not match its stored leaf hash".into()));
+                return Err(fail(
+                    at,
+                    "its bytes do not match its stored leaf hash".into(),
+                ));
             }
             report.bytes += (bulkhead_audit::entry::HEADER_LEN + r.body.len() + 1) as u64;
             range.push(leaf);
@@ -676,7 +699,10 @@ pub async fn verify_log(
                     ));
                 }
                 if cp.frontier != range.to_bytes() {
-                    return Err(fail(at, "its stored frontier does not match the tree".into()));
+                    return Err(fail(
+                        at,
+                        "its stored frontier does not match the tree".into(),
+                    ));
                 }
                 report.checkpoints += 1;
                 cps.buf.pop_front();

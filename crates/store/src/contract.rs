@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use crate::StoreError;
 use crate::audit::{AuditFilter, RequestMeta};
 use crate::port::{RecordBackend, Registry, TenantPatch};
+use crate::service::{Idempotency, Store, StoreConfig};
 use bulkhead_audit::checkpoint::{verify_consistency_json, verify_inclusion_json};
 use bulkhead_audit::{LogId, Outcome};
-use crate::service::{Idempotency, Store, StoreConfig};
 
 /// What an adapter provides to run the contract against it.
 #[async_trait]
@@ -1039,7 +1039,10 @@ fn nth(m: &BTreeMap<RecordId, u8>, pick: usize) -> Option<RecordId> {
 
 // ---- audit ------------------------------------------------------------------------------
 
-async fn entries_of<H: Harness>(env: &Env<H>, log: LogId) -> Vec<bulkhead_audit::checkpoint::EntryJson> {
+async fn entries_of<H: Harness>(
+    env: &Env<H>,
+    log: LogId,
+) -> Vec<bulkhead_audit::checkpoint::EntryJson> {
     let scope = env.store.operator_audit(log);
     env.store.audit().checkpoint(&scope).await.unwrap();
     env.store
@@ -1054,10 +1057,15 @@ pub async fn audit_records_every_access_and_change<H: Harness>() {
     let env = Env::<H>::new().await;
     let a = env.tenant(&[Role::Admin]).await;
     with_users(&env, &a).await;
-    let h = env.store.tenant(&a).await.unwrap().with_request(RequestMeta {
-        request_id: "req-1".into(),
-        source: "192.0.2.7".into(),
-    });
+    let h = env
+        .store
+        .tenant(&a)
+        .await
+        .unwrap()
+        .with_request(RequestMeta {
+            request_id: "req-1".into(),
+            source: "192.0.2.7".into(),
+        });
     let users = coll("users");
     let r = h
         .create_record(&users, json!({"email": "secret-value@x.example"}), None)
@@ -1069,7 +1077,8 @@ pub async fn audit_records_every_access_and_change<H: Harness>() {
         .await
         .unwrap();
     assert!(matches!(
-        h.update_record(&users, r.id, json!({"email": "x@x.example"}), 1).await,
+        h.update_record(&users, r.id, json!({"email": "x@x.example"}), 1)
+            .await,
         Err(StoreError::VersionMismatch { current: 2 })
     ));
     h.query(&users, &[], None, 10).await.unwrap();
@@ -1085,7 +1094,10 @@ pub async fn audit_records_every_access_and_change<H: Harness>() {
         .await
         .unwrap()
         .items;
-    let got: Vec<(&str, Outcome)> = items.iter().map(|e| (e.action.as_str(), e.outcome)).collect();
+    let got: Vec<(&str, Outcome)> = items
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome))
+        .collect();
     assert_eq!(
         got,
         [
@@ -1134,7 +1146,9 @@ pub async fn audit_records_every_access_and_change<H: Harness>() {
         .entries(
             &scope,
             &AuditFilter {
-                since: Some(bulkhead_core::Timestamp::now_utc() + std::time::Duration::from_secs(60)),
+                since: Some(
+                    bulkhead_core::Timestamp::now_utc() + std::time::Duration::from_secs(60),
+                ),
                 ..AuditFilter::default()
             },
             None,
@@ -1143,15 +1157,25 @@ pub async fn audit_records_every_access_and_change<H: Harness>() {
         .await
         .unwrap();
     assert!(later.items.is_empty());
-    let page = audit.entries(&scope, &AuditFilter::default(), None, 4).await.unwrap();
+    let page = audit
+        .entries(&scope, &AuditFilter::default(), None, 4)
+        .await
+        .unwrap();
     assert_eq!(page.items.len(), 4);
     let rest = audit
-        .entries(&scope, &AuditFilter::default(), page.next_cursor.as_deref(), 100)
+        .entries(
+            &scope,
+            &AuditFilter::default(),
+            page.next_cursor.as_deref(),
+            100,
+        )
         .await
         .unwrap();
     assert_eq!(rest.items[0].seq, 4);
     assert!(matches!(
-        audit.entries(&scope, &AuditFilter::default(), Some("x"), 4).await,
+        audit
+            .entries(&scope, &AuditFilter::default(), Some("x"), 4)
+            .await,
         Err(StoreError::BadCursor)
     ));
 
@@ -1168,7 +1192,10 @@ pub async fn audit_records_every_access_and_change<H: Harness>() {
     h.get_collection(&users).await.unwrap();
     let second = audit.checkpoint(&scope).await.unwrap().unwrap();
     assert_eq!(second.checkpoint.size, n + 1);
-    assert!(audit.checkpoint(&scope).await.unwrap().is_none(), "no growth, no checkpoint");
+    assert!(
+        audit.checkpoint(&scope).await.unwrap().is_none(),
+        "no growth, no checkpoint"
+    );
     let c = audit.consistency(&scope, n, n + 1).await.unwrap();
     verify_consistency_json(&c, &key, Some(LogId::Tenant(a.tenant()))).unwrap();
     assert_eq!(audit.latest_checkpoint(&scope).await.unwrap(), second);
@@ -1243,14 +1270,36 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
         let audit = env.store.audit();
         let scope = env.store.tenant_audit(&a);
         for i in 0..5 {
-            h.create_record(&coll("users"), json!({"email": format!("{i}@x.example")}), None)
-                .await
-                .unwrap();
+            h.create_record(
+                &coll("users"),
+                json!({"email": format!("{i}@x.example")}),
+                None,
+            )
+            .await
+            .unwrap();
             if i == 1 {
-                assert_eq!(audit.checkpoint(&scope).await.unwrap().unwrap().checkpoint.size, 3);
+                assert_eq!(
+                    audit
+                        .checkpoint(&scope)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .checkpoint
+                        .size,
+                    3
+                );
             }
         }
-        assert_eq!(audit.checkpoint(&scope).await.unwrap().unwrap().checkpoint.size, 6);
+        assert_eq!(
+            audit
+                .checkpoint(&scope)
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .size,
+            6
+        );
         let key = audit.public_key().clone();
         audit.verify(&scope, &key, &|_| {}).await.unwrap();
         let log = LogId::Tenant(a.tenant());
@@ -1306,9 +1355,13 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
     let audit = env.store.audit();
     let scope = env.store.tenant_audit(&a);
     for i in 0..3 {
-        h.create_record(&coll("users"), json!({"email": format!("{i}@x.example")}), None)
-            .await
-            .unwrap();
+        h.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
     }
     audit.checkpoint(&scope).await.unwrap();
     // Nothing is older than a minute ago: nothing goes.
@@ -1317,9 +1370,13 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
     let cutoff = bulkhead_core::Timestamp::now_utc() + std::time::Duration::from_secs(1);
     assert_eq!(audit.prune(&scope, cutoff).await.unwrap(), 4);
     for i in 3..5 {
-        h.create_record(&coll("users"), json!({"email": format!("{i}@x.example")}), None)
-            .await
-            .unwrap();
+        h.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
     }
     let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
     assert_eq!(cp.checkpoint.size, 6);
@@ -1334,9 +1391,15 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
     assert_eq!(items.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
     // Tampering after pruning is still caught.
     env.harness
-        .raw_audit_tamper(LogId::Tenant(a.tenant()), AuditTamper::FlipBodyByte { seq: 5 })
+        .raw_audit_tamper(
+            LogId::Tenant(a.tenant()),
+            AuditTamper::FlipBodyByte { seq: 5 },
+        )
         .await;
-    assert_eq!(audit.verify(&scope, &key, &|_| {}).await.unwrap_err().at, "entry 5");
+    assert_eq!(
+        audit.verify(&scope, &key, &|_| {}).await.unwrap_err().at,
+        "entry 5"
+    );
 }
 
 pub async fn audit_offboarding_keeps_the_log<H: Harness>() {
@@ -1353,11 +1416,21 @@ pub async fn audit_offboarding_keeps_the_log<H: Harness>() {
     assert_eq!(actions, ["collection.put", "tenant.offboard"]);
     let scope = env.store.operator_audit(LogId::Tenant(a.tenant()));
     let key = env.store.audit().public_key().clone();
-    env.store.audit().verify(&scope, &key, &|_| {}).await.unwrap();
+    env.store
+        .audit()
+        .verify(&scope, &key, &|_| {})
+        .await
+        .unwrap();
     // The operator log is a log of its own.
     env.store
         .audit()
-        .record_operator("tenant.offboard", &a.tenant().to_string(), Outcome::Success, &RequestMeta::default(), "")
+        .record_operator(
+            "tenant.offboard",
+            &a.tenant().to_string(),
+            Outcome::Success,
+            &RequestMeta::default(),
+            "",
+        )
         .await
         .unwrap();
     let op = entries_of(&env, LogId::Operator).await;

@@ -19,7 +19,7 @@ pub mod service;
 #[cfg(feature = "contract")]
 pub mod contract;
 
+pub use audit::{Audit, AuditConfig, RequestMeta};
 pub use error::{BackendError, StoreError};
 pub use port::{AuditBackend, AuditScope, RecordBackend, Registry, Scope};
-pub use audit::{Audit, AuditConfig, RequestMeta};
 pub use service::{Store, StoreConfig, TenantHandle};

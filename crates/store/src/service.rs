@@ -25,8 +25,8 @@ use crate::port::{
     AuditScope, CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow,
     Registry, Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
 };
-use bulkhead_audit::{Actor, AuditKey, EntryBody, LogId, Outcome};
 use crate::{BackendError, StoreError};
+use bulkhead_audit::{Actor, AuditKey, EntryBody, LogId, Outcome};
 
 /// How many times a write is retried when the collection changed under it.
 const STALE_RETRIES: usize = 4;
@@ -594,7 +594,12 @@ impl TenantHandle<'_> {
 
     /// Records the failure of an operation and hands its error back. The failure entry is best
     /// effort: the request fails either way.
-    async fn failed<T>(&self, action: &str, resource: &str, e: StoreError) -> Result<T, StoreError> {
+    async fn failed<T>(
+        &self,
+        action: &str,
+        resource: &str,
+        e: StoreError,
+    ) -> Result<T, StoreError> {
         let (outcome, reason) = failure_class(&e);
         if let Err(n) = self.note(action, resource, outcome, reason).await {
             tracing::warn!(error = %n, "audit: cannot record a failed operation");
@@ -896,8 +901,13 @@ impl TenantHandle<'_> {
                 if c.replayed {
                     // Not a change: an access to the record the first request created.
                     let resource = record_resource(name, c.record.id);
-                    self.note("record.create", &resource, Outcome::Success, "idempotent-replay")
-                        .await?;
+                    self.note(
+                        "record.create",
+                        &resource,
+                        Outcome::Success,
+                        "idempotent-replay",
+                    )
+                    .await?;
                 }
                 Ok(c)
             }
@@ -1162,7 +1172,10 @@ impl TenantHandle<'_> {
         limit: usize,
     ) -> Result<Page, StoreError> {
         let resource = format!("collections/{name}/records");
-        match self.query_inner(name, filters, cursor, limit, &resource).await {
+        match self
+            .query_inner(name, filters, cursor, limit, &resource)
+            .await
+        {
             Ok(p) => Ok(p),
             Err(e) => self.failed("record.list", &resource, e).await,
         }

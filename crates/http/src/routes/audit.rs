@@ -6,10 +6,10 @@
 
 use axum::Json;
 use axum::extract::State;
-use bulkhead_audit::{LogId, Outcome};
 use bulkhead_audit::checkpoint::{
     CheckpointJson, ConsistencyProofJson, InclusionProofJson, KeyJson,
 };
+use bulkhead_audit::{LogId, Outcome};
 use bulkhead_core::role::Action;
 use bulkhead_store::AuditScope;
 use bulkhead_store::audit::{AuditFilter, AuditPage};
@@ -105,7 +105,9 @@ fn two(query: Vec<(String, String)>, a: &str, b: &str) -> Result<(u64, u64), Api
     }
     match (x, y) {
         (Some(x), Some(y)) => Ok((x, y)),
-        _ => Err(ApiError::BadRequest(format!("`{a}` and `{b}` are required"))),
+        _ => Err(ApiError::BadRequest(format!(
+            "`{a}` and `{b}` are required"
+        ))),
     }
 }
 
@@ -185,13 +187,19 @@ async fn read_recorded(st: &AppState, caller: &Caller, resource: &str) -> Result
     Ok(st
         .store
         .audit()
-        .record(&caller.ctx, "audit.read", resource, Outcome::Success, &caller.meta, "")
+        .record(
+            &caller.ctx,
+            "audit.read",
+            resource,
+            Outcome::Success,
+            &caller.meta,
+            "",
+        )
         .await?)
 }
 
 fn log_id(s: &str) -> Result<LogId, ApiError> {
-    LogId::parse(s)
-        .ok_or_else(|| ApiError::BadRequest("a log is a tenant id or `operator`".into()))
+    LogId::parse(s).ok_or_else(|| ApiError::BadRequest("a log is a tenant id or `operator`".into()))
 }
 
 /// Any log, for the operator: a tenant's (by id) or the operator plane's (`operator`).
@@ -210,7 +218,13 @@ async fn operator_entries(
     let scope = st.store.operator_audit(log_id(&log)?);
     st.store
         .audit()
-        .record_operator("audit.read", &format!("audit/{log}"), Outcome::Success, &op.0, "")
+        .record_operator(
+            "audit.read",
+            &format!("audit/{log}"),
+            Outcome::Success,
+            &op.0,
+            "",
+        )
         .await?;
     Ok(Json(list(&st, &scope, q).await?))
 }
@@ -228,7 +242,13 @@ async fn operator_checkpoint(
     let scope = st.store.operator_audit(log_id(&log)?);
     st.store
         .audit()
-        .record_operator("audit.read", &format!("audit/{log}"), Outcome::Success, &op.0, "")
+        .record_operator(
+            "audit.read",
+            &format!("audit/{log}"),
+            Outcome::Success,
+            &op.0,
+            "",
+        )
         .await?;
     Ok(Json(
         st.store.audit().latest_checkpoint(&scope).await?.to_json(),
@@ -250,7 +270,13 @@ async fn operator_inclusion(
     let scope = st.store.operator_audit(log_id(&log)?);
     st.store
         .audit()
-        .record_operator("audit.read", &format!("audit/{log}"), Outcome::Success, &op.0, "")
+        .record_operator(
+            "audit.read",
+            &format!("audit/{log}"),
+            Outcome::Success,
+            &op.0,
+            "",
+        )
         .await?;
     Ok(Json(st.store.audit().inclusion(&scope, seq, size).await?))
 }
@@ -270,7 +296,13 @@ async fn operator_consistency(
     let scope = st.store.operator_audit(log_id(&log)?);
     st.store
         .audit()
-        .record_operator("audit.read", &format!("audit/{log}"), Outcome::Success, &op.0, "")
+        .record_operator(
+            "audit.read",
+            &format!("audit/{log}"),
+            Outcome::Success,
+            &op.0,
+            "",
+        )
         .await?;
     Ok(Json(st.store.audit().consistency(&scope, from, to).await?))
 }

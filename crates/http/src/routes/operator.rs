@@ -14,11 +14,11 @@ use utoipa_axum::routes;
 
 use super::{Problem, tenant_id};
 use crate::auth::Operator;
-use bulkhead_audit::Outcome;
-use bulkhead_core::TenantId;
 use crate::extract::{JsonBody, P, QueryPairs, parse_limit};
 use crate::problem::ApiError;
 use crate::state::AppState;
+use bulkhead_audit::Outcome;
+use bulkhead_core::TenantId;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -147,7 +147,14 @@ async fn create_tenant(
     let alg = signing_alg(b.signing_alg.as_deref())?;
     let t = st.store.create_tenant(name, tier, alg).await?;
     tracing::info!(tenant = %t.id, tier = %t.tier, "tenant created");
-    record(&st, &op, "tenant.create", &format!("tenants/{}", t.id), Some(t.id)).await?;
+    record(
+        &st,
+        &op,
+        "tenant.create",
+        &format!("tenants/{}", t.id),
+        Some(t.id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
@@ -256,7 +263,14 @@ async fn delete_tenant(
     let purged = st.store.offboard(id).await?;
     tracing::info!(tenant = %id, purged_records = purged, "tenant offboarded");
     // The tenant's log keeps its entries and checkpoints; this entry is its tombstone.
-    record(&st, &op, "tenant.offboard", &format!("tenants/{id}"), Some(id)).await?;
+    record(
+        &st,
+        &op,
+        "tenant.offboard",
+        &format!("tenants/{id}"),
+        Some(id),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -311,7 +325,14 @@ async fn mint_token(
         })?;
     tracing::info!(tenant = %id, kid = %key.public().kid, ttl, "token minted");
     // The token itself is never recorded: its key id and the request are.
-    record(&st, &op, "token.mint", &format!("tenants/{id}/keys/{}", key.public().kid), Some(id)).await?;
+    record(
+        &st,
+        &op,
+        "token.mint",
+        &format!("tenants/{id}/keys/{}", key.public().kid),
+        Some(id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(MintedToken { token, expires_at })))
 }
 
@@ -331,6 +352,13 @@ async fn rotate_key(
     let alg = signing_alg(body.value.alg.as_deref())?;
     let key = st.store.rotate_signing_key(id, alg).await?;
     tracing::info!(tenant = %id, kid = %key.kid, "signing key rotated");
-    record(&st, &op, "key.rotate", &format!("tenants/{id}/keys/{}", key.kid), Some(id)).await?;
+    record(
+        &st,
+        &op,
+        "key.rotate",
+        &format!("tenants/{id}/keys/{}", key.kid),
+        Some(id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(key.to_jwk())))
 }

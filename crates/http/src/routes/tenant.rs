@@ -59,9 +59,7 @@ pub struct RecordBody {
 #[utoipa::path(get, path = "/v1/collections", tag = "collections",
     responses((status = 200, body = CollectionList), (status = 401, body = Problem)),
     security(("tenant_token" = [])))]
-async fn list_collections(
-    caller: Caller,
-) -> Result<Json<CollectionList>, ApiError> {
+async fn list_collections(caller: Caller) -> Result<Json<CollectionList>, ApiError> {
     caller.require(Action::ListCollections).await?;
     let items = caller.tenant().await?.list_collections().await?;
     Ok(Json(CollectionList { items }))
@@ -112,9 +110,7 @@ async fn get_collection(
 ) -> Result<Json<CollectionInfo>, ApiError> {
     caller.require(Action::ListCollections).await?;
     let name = collection_name(&name)?;
-    Ok(Json(
-        caller.tenant().await?.get_collection(&name).await?,
-    ))
+    Ok(Json(caller.tenant().await?.get_collection(&name).await?))
 }
 
 fn etag(version: u64) -> HeaderValue {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bulkhead_core::{CollectionName, RecordId, TenantId};
 use bulkhead_audit::LogId;
+use bulkhead_core::{CollectionName, RecordId, TenantId};
 use bulkhead_store::contract::{AuditTamper, Harness};
 use bulkhead_store::port::{RecordBackend, Registry};
 use bulkhead_store_postgres::PostgresStore;
