@@ -246,7 +246,7 @@ impl CompactRange {
 
     /// Restores a range from [`CompactRange::to_bytes`] and its size.
     pub fn from_bytes(size: u64, bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 32 != 0 {
+        if !bytes.len().is_multiple_of(32) {
             return None;
         }
         let peaks = bytes

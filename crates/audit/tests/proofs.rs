@@ -1,5 +1,6 @@
 //! Property tests: random logs, every proof verifies against the signed checkpoint of its own
 //! log, and never against another tenant's.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
 
 use bulkhead_audit::checkpoint::{
     VerifyError, consistency_json, inclusion_json, verify_consistency_json, verify_inclusion_json,

@@ -259,7 +259,7 @@ pub async fn checkpointer(store: Arc<Store>, cfg: crate::config::AuditSettings) 
         tick.tick().await;
         round = round.wrapping_add(1);
         store.audit().checkpoint_dirty().await;
-        if round % cfg.sweep_every == 0
+        if round.is_multiple_of(cfg.sweep_every)
             && let Err(e) = sweep(&store, &cfg).await
         {
             tracing::error!(error = %e, "audit: sweep failed");

@@ -141,7 +141,7 @@ async fn tenant_audit_endpoints_are_isolated(backend: Backend) {
     // B's log never holds anything of A's, whatever B asks for.
     for path in [
         "/v1/audit".to_owned(),
-        format!("/v1/audit?action=record.create&cursor=0"),
+        "/v1/audit?action=record.create&cursor=0".to_owned(),
         "/v1/audit/checkpoint".to_owned(),
     ] {
         let r = app

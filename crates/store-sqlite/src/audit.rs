@@ -42,15 +42,13 @@ pub(crate) fn size(c: &Connection, log: LogId) -> rusqlite::Result<u64> {
 
 /// Places `bodies` at the end of the log. Runs on the writer, inside the caller's savepoint.
 pub(crate) fn append(c: &Connection, log: LogId, bodies: &[Vec<u8>]) -> rusqlite::Result<()> {
-    let mut seq = size(c, log)?;
     let id = log.to_bytes();
     let mut st = c.prepare_cached(
         "INSERT INTO audit_entries (log, seq, body, leaf) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for body in bodies {
+    for (seq, body) in (size(c, log)?..).zip(bodies) {
         let leaf = entry_leaf(log, seq, body);
         st.execute(params![id.as_slice(), to_i64(seq)?, body, leaf.as_slice()])?;
-        seq += 1;
     }
     Ok(())
 }
