@@ -43,6 +43,36 @@ pub struct Config {
     pub storage: StorageConfig,
     /// A request still running after this many seconds is abandoned with 503.
     pub request_timeout_seconds: u64,
+    pub audit: AuditSettings,
+}
+
+/// The tamper-evident audit logs (docs/audit.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Record audit entries. Turning it off is for side-by-side benchmarks only: nothing is
+    /// recorded then, and the logs have gaps in time that nobody can see.
+    pub enabled: bool,
+    /// Seconds between checkpoints: logs that grew are sequenced and a checkpoint is signed.
+    /// Proofs cover entries up to the latest checkpoint.
+    pub checkpoint_interval_seconds: u64,
+    /// Every this many checkpoint rounds, every tenant's log is looked at (catches entries
+    /// appended by other instances); in between, only logs this instance appended to.
+    pub sweep_every: u64,
+    /// Days audit entries are kept, per tier; a tier not listed keeps them forever. Expired
+    /// entries are pruned below a checkpoint, which keeps the tree verifiable.
+    pub retention_days: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            checkpoint_interval_seconds: 1,
+            sweep_every: 60,
+            retention_days: std::collections::BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +262,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             storage: StorageConfig::default(),
             request_timeout_seconds: 30,
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -301,6 +332,7 @@ const ENV_KEYS: &[&str] = &[
     "cache",
     "storage",
     "request_timeout_seconds",
+    "audit",
 ];
 
 impl Config {
@@ -340,6 +372,20 @@ impl Config {
                 "tokens.leeway_seconds must be at most 60 (got {})",
                 self.tokens.leeway_seconds
             );
+        }
+        if self.audit.checkpoint_interval_seconds == 0 || self.audit.sweep_every == 0 {
+            anyhow::bail!(
+                "audit.checkpoint_interval_seconds and audit.sweep_every must be at least 1"
+            );
+        }
+        for (tier, days) in &self.audit.retention_days {
+            // Tiers may also be defined later through the API: only the name's form is checked.
+            if bulkhead_core::TierName::parse(tier).is_err() {
+                anyhow::bail!("audit.retention_days: `{tier}` is not a valid tier name");
+            }
+            if *days == 0 {
+                anyhow::bail!("audit.retention_days: `{tier}` must keep entries at least 1 day");
+            }
         }
         if self.request_timeout_seconds == 0 {
             anyhow::bail!("request_timeout_seconds must be at least 1");

@@ -3,6 +3,7 @@
 //! Thin by design: parse the command line, resolve configuration, start telemetry, then hand
 //! over to the server ([`serve`]) or to the API client commands ([`ops`], [`bench`]).
 
+mod audit_cmd;
 mod bench;
 mod client;
 mod config;
@@ -64,6 +65,11 @@ enum Command {
         args: bench::BenchArgs,
         #[command(flatten)]
         remote: ops::Remote,
+    },
+    /// Verify the tamper-evident audit logs: stored logs offline, or saved proofs.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit_cmd::AuditCmd,
     },
     /// Apply storage migrations and exit (PostgreSQL; the embedded database migrates on open).
     Migrate(MigrateArgs),
@@ -147,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenants { cmd, remote } => ops::tenants(&remote, cmd).await,
         Command::Tokens { cmd, remote } => ops::tokens(&remote, cmd).await,
         Command::Bench { args, remote } => bench::bench(&remote, args).await,
+        Command::Audit { cmd } => audit_cmd::run(cmd).await,
         Command::Migrate(a) => {
             let mut cfg = Config::load(a.config.as_deref())?;
             if let Some(d) = a.data_dir {

@@ -206,6 +206,9 @@ pub async fn build(
         cache_capacity: cfg.cache.capacity,
         feed_interval: Duration::from_millis(cfg.cache.feed_interval_ms),
         feed_cache_ttl: Duration::from_secs(cfg.cache.feed_ttl_seconds),
+        audit: bulkhead_store::AuditConfig {
+            enabled: cfg.audit.enabled,
+        },
     };
     let store = Store::open(registry, backend, master, store_cfg)
         .await
@@ -262,6 +265,61 @@ pub async fn build(
     Ok((state, generated))
 }
 
+/// The audit checkpointer: every interval, logs that grew are sequenced and a checkpoint of
+/// each is signed; every `sweep_every` rounds, every tenant's log (and the operator's) is
+/// looked at, and expired entries are pruned per the tier's retention.
+pub async fn checkpointer(store: Arc<Store>, cfg: crate::config::AuditSettings) {
+    if !cfg.enabled {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.checkpoint_interval_seconds));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
+    loop {
+        tick.tick().await;
+        round = round.wrapping_add(1);
+        store.audit().checkpoint_dirty().await;
+        if round.is_multiple_of(cfg.sweep_every)
+            && let Err(e) = sweep(&store, &cfg).await
+        {
+            tracing::error!(error = %e, "audit: sweep failed");
+        }
+    }
+}
+
+/// Checkpoints every log, and prunes expired entries.
+async fn sweep(
+    store: &Store,
+    cfg: &crate::config::AuditSettings,
+) -> Result<(), bulkhead_store::StoreError> {
+    use bulkhead_audit::LogId;
+    let audit = store.audit();
+    audit.checkpoint_logs(vec![LogId::Operator]).await;
+    let mut after = None;
+    loop {
+        let page = store.list_tenants(after, 500).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        let logs: Vec<LogId> = page.iter().map(|t| LogId::Tenant(t.id)).collect();
+        audit.checkpoint_logs(logs).await;
+        for t in &page {
+            if let Some(days) = cfg.retention_days.get(t.tier.as_str()) {
+                let before = bulkhead_core::Timestamp::now_utc()
+                    - Duration::from_secs(days.saturating_mul(24 * 3600));
+                let scope = store.operator_audit(LogId::Tenant(t.id));
+                match audit.prune(&scope, before).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(tenant = %t.id, pruned = n, "audit: expired entries pruned")
+                    }
+                    Err(e) => tracing::warn!(tenant = %t.id, error = %e, "audit: cannot prune"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A future that resolves when the process gets SIGINT or SIGTERM. The handlers are installed
 /// when this is called, so a signal that arrives before serving starts is not lost.
 pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
@@ -310,9 +368,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "bulkhead is listening");
-    bulkhead_http::serve(listener, bulkhead_http::app(state), shutdown)
-        .await
-        .context("server error")?;
+    let checkpointer = tokio::spawn(checkpointer(state.store.clone(), cfg.audit.clone()));
+    let served = bulkhead_http::serve(listener, bulkhead_http::app(state.clone()), shutdown).await;
+    checkpointer.abort();
+    // A last round, so what was appended before the stop is checkpointed.
+    let signed = state.store.audit().checkpoint_dirty().await;
+    tracing::info!(signed, "audit: final checkpoints");
+    served.context("server error")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -277,6 +277,9 @@ fn help_is_available_everywhere() {
         vec!["tenants", "create", "--help"],
         vec!["tokens", "mint", "--help"],
         vec!["bench", "--help"],
+        vec!["audit", "--help"],
+        vec!["audit", "verify", "--help"],
+        vec!["audit", "verify-proof", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

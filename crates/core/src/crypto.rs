@@ -94,6 +94,13 @@ impl MasterKey {
         hmac32(&self.0.0, &[b"bulkhead/master-key-check/v1"])
     }
 
+    /// The seed of the server's audit signing key (Ed25519). Derived, not stored: every
+    /// instance with this master key signs audit checkpoints with the same key, and a copy of
+    /// the database alone cannot forge them.
+    pub fn audit_signing_seed(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(hmac32(&self.0.0, &[b"bulkhead/audit-signing-key/v1"]))
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new((&self.0.0).into())
     }

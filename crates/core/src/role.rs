@@ -88,7 +88,7 @@ impl Roles {
                 self.admin || self.member || self.reader
             }
             Action::WriteRecord | Action::DeleteRecord => self.admin || self.member,
-            Action::ManageCollection => self.admin,
+            Action::ManageCollection | Action::ReadAudit => self.admin,
         };
         if allowed {
             Decision::Allow
@@ -107,6 +107,8 @@ pub enum Action {
     DeleteRecord,
     ListCollections,
     ManageCollection,
+    /// Reading the tenant's own audit log, checkpoints and proofs.
+    ReadAudit,
 }
 
 impl Action {
@@ -119,6 +121,7 @@ impl Action {
             Action::DeleteRecord => "record:delete",
             Action::ListCollections => "collection:list",
             Action::ManageCollection => "collection:manage",
+            Action::ReadAudit => "audit:read",
         }
     }
 }
@@ -162,6 +165,9 @@ mod tests {
         check(&[Role::Reader], ManageCollection, false);
         check(&[Role::Member], ManageCollection, false);
         check(&[Role::Admin], ManageCollection, true);
+        check(&[Role::Reader], ReadAudit, false);
+        check(&[Role::Member], ReadAudit, false);
+        check(&[Role::Admin], ReadAudit, true);
         check(&[Role::Reader, Role::Member], WriteRecord, true);
         assert_eq!(Roles::from_slice(&[]), None);
     }

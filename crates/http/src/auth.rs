@@ -9,11 +9,12 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use bulkhead_audit::Outcome;
 use bulkhead_core::role::{Action, Decision};
 use bulkhead_core::token::{TokenError, Verifier};
 use bulkhead_core::{TenantContext, TenantStatus, Timestamp};
-use bulkhead_store::Store;
 use bulkhead_store::service::TenantState;
+use bulkhead_store::{RequestMeta, Store, TenantHandle};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -200,20 +201,93 @@ pub(crate) fn bearer_in(headers: &axum::http::HeaderMap) -> Result<&str, ApiErro
     Ok(token)
 }
 
+/// Where a request came from, for audit entries: its request id and the client's address.
+pub fn request_meta(parts: &Parts) -> RequestMeta {
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let source = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default();
+    RequestMeta { request_id, source }
+}
+
+/// The reason class a refused credential is recorded with (never the credential).
+fn rejection_class(e: &ApiError) -> Option<String> {
+    match e {
+        ApiError::Unauthenticated => Some("missing".into()),
+        ApiError::InvalidToken(t) => Some(t.class().to_owned()),
+        ApiError::TenantNotActive(s) => Some(format!("tenant-{s}")),
+        ApiError::TenantMismatch => Some("tenant-header-mismatch".into()),
+        _ => None,
+    }
+}
+
+/// Records a refused credential in the operator log, durably, before the refusal is sent. If
+/// that fails, the request fails with the storage error instead.
+async fn record_rejection(
+    st: &AppState,
+    action: &str,
+    e: ApiError,
+    meta: &RequestMeta,
+) -> ApiError {
+    let Some(class) = rejection_class(&e) else {
+        return e;
+    };
+    match st.store.audit().record_rejected(action, &class, meta).await {
+        Ok(()) => e,
+        Err(store) => {
+            tracing::error!(error = %store, "audit: cannot record a refused credential");
+            store.into()
+        }
+    }
+}
+
 /// The verified caller of a tenant-plane request.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Arc<TenantContext>);
+pub struct Caller {
+    pub ctx: Arc<TenantContext>,
+    /// The request, for audit entries.
+    pub meta: RequestMeta,
+    store: Arc<Store>,
+}
 
 impl Caller {
-    /// Allows the request to go on only if the caller's roles allow `action`.
-    pub fn require(&self, action: Action) -> Result<&TenantContext, ApiError> {
-        match self.0.decide(action) {
-            Decision::Allow => Ok(&self.0),
+    /// Allows the request to go on only if the caller's roles allow `action`. A denial is
+    /// recorded in the caller's audit log before it is answered.
+    pub async fn require(&self, action: Action) -> Result<&TenantContext, ApiError> {
+        match self.ctx.decide(action) {
+            Decision::Allow => Ok(&self.ctx),
             Decision::Deny { action } => {
                 tracing::info!(action = action.as_str(), "denied");
+                self.store
+                    .audit()
+                    .record(
+                        &self.ctx,
+                        action.as_str(),
+                        "",
+                        Outcome::Denied,
+                        &self.meta,
+                        "role",
+                    )
+                    .await?;
                 Err(ApiError::Forbidden(action.as_str()))
             }
         }
+    }
+
+    /// The caller's tenant data, with this request's details for the audit entries.
+    pub async fn tenant(&self) -> Result<TenantHandle<'_>, ApiError> {
+        Ok(self
+            .store
+            .tenant(&self.ctx)
+            .await?
+            .with_request(self.meta.clone()))
     }
 }
 
@@ -221,33 +295,48 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // The isolation layer verified the token already (to find the tenant to limit);
-        // otherwise verify it here.
-        let ctx = match parts.extensions.get::<crate::isolation::Verified>() {
-            Some(v) => v.0.clone(),
-            None => {
-                let token = bearer(parts)?;
-                state.auth.authenticate(token).await?
-            }
-        };
-        let span = tracing::Span::current();
-        span.record("tenant_id", tracing::field::display(ctx.tenant()));
-        // Every X-Tenant-Id header present must name the token's tenant.
-        let expected = ctx.tenant().to_string();
-        for v in parts.headers.get_all(TENANT_HEADER) {
-            let agrees = v
-                .to_str()
-                .is_ok_and(|s| s.trim().eq_ignore_ascii_case(&expected));
-            if !agrees {
-                tracing::warn!(
-                    security = true,
-                    "x-tenant-id disagrees with the token's tenant"
-                );
-                return Err(ApiError::TenantMismatch);
-            }
+        let meta = request_meta(parts);
+        match authenticate_caller(parts, state).await {
+            Ok(ctx) => Ok(Caller {
+                ctx,
+                meta,
+                store: state.store.clone(),
+            }),
+            Err(e) => Err(record_rejection(state, "auth.token", e, &meta).await),
         }
-        Ok(Caller(ctx))
     }
+}
+
+async fn authenticate_caller(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<Arc<TenantContext>, ApiError> {
+    // The isolation layer verified the token already (to find the tenant to limit);
+    // otherwise verify it here.
+    let ctx = match parts.extensions.get::<crate::isolation::Verified>() {
+        Some(v) => v.0.clone(),
+        None => {
+            let token = bearer(parts)?;
+            state.auth.authenticate(token).await?
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("tenant_id", tracing::field::display(ctx.tenant()));
+    // Every X-Tenant-Id header present must name the token's tenant.
+    let expected = ctx.tenant().to_string();
+    for v in parts.headers.get_all(TENANT_HEADER) {
+        let agrees = v
+            .to_str()
+            .is_ok_and(|s| s.trim().eq_ignore_ascii_case(&expected));
+        if !agrees {
+            tracing::warn!(
+                security = true,
+                "x-tenant-id disagrees with the token's tenant"
+            );
+            return Err(ApiError::TenantMismatch);
+        }
+    }
+    Ok(ctx)
 }
 
 /// The operator credential: only a hash of the admin token is kept.
@@ -278,20 +367,34 @@ impl OperatorCredential {
     }
 }
 
-/// Proof that the request carries the operator credential.
-#[derive(Debug, Clone, Copy)]
-pub struct Operator;
+/// Proof that the request carries the operator credential, with the request's details for
+/// the operator log.
+#[derive(Debug, Clone)]
+pub struct Operator(pub RequestMeta);
 
 impl FromRequestParts<AppState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts)?;
+        let meta = request_meta(parts);
+        let token = match bearer(parts) {
+            Ok(t) => t,
+            Err(e) => return Err(record_rejection(state, "auth.operator", e, &meta).await),
+        };
         if state.operator.matches(token) {
             tracing::Span::current().record("tenant_id", "operator");
-            Ok(Operator)
+            Ok(Operator(meta))
         } else {
             tracing::warn!(security = true, "operator credential refused");
+            if let Err(e) = state
+                .store
+                .audit()
+                .record_rejected("auth.operator", "bad-operator-token", &meta)
+                .await
+            {
+                tracing::error!(error = %e, "audit: cannot record a refused credential");
+                return Err(e.into());
+            }
             Err(ApiError::BadOperatorToken)
         }
     }

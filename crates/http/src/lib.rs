@@ -45,6 +45,7 @@ use crate::problem::ApiError;
         (name = "tenants", description = "Operator plane: the tenant registry, tokens and keys"),
         (name = "collections", description = "Tenant plane: collection definitions"),
         (name = "records", description = "Tenant plane: encrypted, schema-validated records"),
+        (name = "audit", description = "Tamper-evident audit logs: entries, signed checkpoints, proofs"),
         (name = "limits", description = "Tiers, limits, usage and metrics: performance isolation between tenants"),
         (name = "health", description = "Liveness and readiness")
     )
@@ -79,6 +80,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::public::router())
         .merge(routes::operator::router())
         .merge(routes::tenant::router())
+        .merge(routes::audit::router())
         .split_for_parts()
 }
 
@@ -151,7 +153,11 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // With the peer address, for audit entries' source.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

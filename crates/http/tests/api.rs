@@ -414,6 +414,15 @@ async fn openapi_documents_every_route(backend: Backend) {
         "/v1/tenants/{tenant_id}/limits",
         "/v1/usage",
         "/metrics",
+        "/v1/audit",
+        "/v1/audit/keys",
+        "/v1/audit/checkpoint",
+        "/v1/audit/proof/inclusion",
+        "/v1/audit/proof/consistency",
+        "/v1/audit/logs/{log}",
+        "/v1/audit/logs/{log}/checkpoint",
+        "/v1/audit/logs/{log}/proof/inclusion",
+        "/v1/audit/logs/{log}/proof/consistency",
     ]
     .into_iter()
     .collect();

@@ -20,8 +20,16 @@ use tokio_postgres::{NoTls, Statement};
 pub const APP_ROLE: &str = "bulkhead_app";
 
 /// The tables with row-level security: every row belongs to one tenant.
-pub(crate) const TENANT_TABLES: [&str; 4] =
-    ["collections", "records", "record_index", "idempotency"];
+pub(crate) const TENANT_TABLES: [&str; 7] = [
+    "collections",
+    "records",
+    "record_index",
+    "idempotency",
+    // The audit tables of tenant logs (migration 0004).
+    "audit_pending",
+    "audit_entries",
+    "audit_checkpoints",
+];
 /// Platform tables: read before a tenant context exists, no row-level security.
 pub(crate) const REGISTRY_TABLES: [&str; 3] = ["settings", "tenants", "signing_keys"];
 

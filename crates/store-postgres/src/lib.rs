@@ -31,6 +31,7 @@
 //! `tests/pipelining.rs`). Multi-step writes are one call each to a plpgsql function
 //! (SECURITY INVOKER, so RLS applies inside).
 
+mod audit;
 mod conn;
 mod limits;
 mod migrate;
@@ -43,8 +44,9 @@ use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, TierName};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry,
-    RegistryChange, Scope, SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
+    AuditBackend, AuditRow, AuditScope, CheckpointRow, CollectionRow, IndexToken, InsertOutcome,
+    InsertRow, RecordBackend, RecordRow, Registry, RegistryChange, Scope, SigningKeyRow,
+    TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -425,7 +427,7 @@ impl RecordBackend for PostgresStore {
         s: &Scope,
         name: &CollectionName,
     ) -> Result<Vec<RecordRow>, BackendError> {
-        self.query(s, name, &[], None, usize::MAX).await
+        self.query(s, name, &[], None, usize::MAX, None).await
     }
 
     async fn reindex(
@@ -465,7 +467,12 @@ impl RecordBackend for PostgresStore {
         col(&row, 0)
     }
 
-    async fn insert(&self, s: &Scope, row: &InsertRow) -> Result<InsertOutcome, BackendError> {
+    async fn insert(
+        &self,
+        s: &Scope,
+        row: &InsertRow,
+        audit: Option<&[u8]>,
+    ) -> Result<InsertOutcome, BackendError> {
         // INVARIANT: the tenant is the scope's, passed as `p_tenant` and set for RLS.
         let t = s.tenant();
         let rec = &row.record;
@@ -473,26 +480,50 @@ impl RecordBackend for PostgresStore {
         let idem = row.idempotency.as_ref();
         let conn = self.conn().await?;
         let [st] = conn.prepare([sql::INSERT_RECORD]).await?;
-        let out = conn
-            .tenant_statement(conn.client()?.query_one(
-                &st,
-                &[
-                    &t.as_uuid(),
-                    &rec.collection.as_str(),
-                    &rec.id.as_uuid(),
-                    &sql_version(rec.version)?,
-                    &rec.ciphertext.as_slice(),
-                    &micros(rec.created_at),
-                    &micros(rec.updated_at),
-                    &sql_version(row.collection_version)?,
-                    &tokens,
-                    &idem.map(|i| i.key.as_slice()),
-                    &idem.map(|i| i.request.as_slice()),
-                    &idem.map(|i| i.sealed_response.as_slice()),
-                    &idem.map(|i| micros(i.expires_at)),
-                ],
-            ))
-            .await?;
+        let (tenant, collection, id) = (t.as_uuid(), rec.collection.as_str(), rec.id.as_uuid());
+        let (version, cver) = (
+            sql_version(rec.version)?,
+            sql_version(row.collection_version)?,
+        );
+        let (created, updated) = (micros(rec.created_at), micros(rec.updated_at));
+        let (key, request, response, expires) = (
+            idem.map(|i| i.key.as_slice()),
+            idem.map(|i| i.request.as_slice()),
+            idem.map(|i| i.sealed_response.as_slice()),
+            idem.map(|i| micros(i.expires_at)),
+        );
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+            &tenant,
+            &collection,
+            &id,
+            &version,
+            &rec.ciphertext.as_slice(),
+            &created,
+            &updated,
+            &cver,
+            &tokens,
+            &key,
+            &request,
+            &response,
+            &expires,
+        ];
+        let write = conn.client()?.query_one(&st, &params);
+        // The audit entry rides the same pipelined transaction (see `audit.rs`).
+        let out = match audit {
+            None => conn.tenant_statement(write).await?,
+            Some(entry) => {
+                // With its audit entry: a pipelined transaction of the two statements (the
+                // record function sets the tenant too, harmlessly).
+                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
+                let [ast] = conn.prepare([audit::AFTER_INSERT]).await?;
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &entry];
+                let append = conn.client()?.execute(&ast, ap);
+                conn.transaction(&tx, t, audit::both(write, append))
+                    .await?
+                    .0
+            }
+        };
         match outcome(&out)?.as_str() {
             "inserted" => Ok(InsertOutcome::Inserted),
             "replayed" => Ok(InsertOutcome::Replayed(col(&out, 1)?)),
@@ -507,43 +538,79 @@ impl RecordBackend for PostgresStore {
         s: &Scope,
         name: &CollectionName,
         id: RecordId,
+        audit: Option<&[u8]>,
     ) -> Result<Option<RecordRow>, BackendError> {
         // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
         let t = s.tenant();
         let conn = self.conn().await?;
         let [st] = conn.prepare([sql::GET_RECORD]).await?;
-        let row = conn
-            .tenant_statement(
-                conn.client()?
-                    .query_opt(&st, &[&t.as_uuid(), &name.as_str(), &id.as_uuid()]),
-            )
-            .await?;
+        let (tenant, collection, id) = (t.as_uuid(), name.as_str(), id.as_uuid());
+        let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &id];
+        let read = conn.client()?.query_opt(&st, rp);
+        // The audit entry rides the same pipelined transaction (see `audit.rs`).
+        let row = match audit {
+            None => conn.tenant_statement(read).await?,
+            Some(entry) => {
+                // With its audit entry: a pipelined transaction of the two statements (the
+                // record function sets the tenant too, harmlessly).
+                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
+                let [ast] = conn.prepare([audit::AFTER_INSERT]).await?;
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &entry];
+                let append = conn.client()?.execute(&ast, ap);
+                conn.transaction(&tx, t, audit::both(read, append)).await?.0
+            }
+        };
         row.map(|r| sql::record(&r)).transpose()
     }
 
-    async fn update(&self, s: &Scope, row: &UpdateRow) -> Result<WriteOutcome, BackendError> {
+    async fn update(
+        &self,
+        s: &Scope,
+        row: &UpdateRow,
+        audit: Option<&[u8]>,
+    ) -> Result<WriteOutcome, BackendError> {
         // INVARIANT: the tenant is the scope's, passed as `p_tenant` and set for RLS.
         let t = s.tenant();
         let rec = &row.record;
         let tokens: Vec<&[u8]> = row.index.iter().map(|t| t.as_slice()).collect();
         let conn = self.conn().await?;
         let [st] = conn.prepare([sql::UPDATE_RECORD]).await?;
-        let out = conn
-            .tenant_statement(conn.client()?.query_one(
-                &st,
-                &[
-                    &t.as_uuid(),
-                    &rec.collection.as_str(),
-                    &rec.id.as_uuid(),
-                    &sql_version(rec.version)?,
-                    &rec.ciphertext.as_slice(),
-                    &micros(rec.updated_at),
-                    &sql_version(row.expected_version)?,
-                    &sql_version(row.collection_version)?,
-                    &tokens,
-                ],
-            ))
-            .await?;
+        let (tenant, collection, id) = (t.as_uuid(), rec.collection.as_str(), rec.id.as_uuid());
+        let (version, updated) = (sql_version(rec.version)?, micros(rec.updated_at));
+        let (expected, cver) = (
+            sql_version(row.expected_version)?,
+            sql_version(row.collection_version)?,
+        );
+        let data = rec.ciphertext.as_slice();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            &tenant,
+            &collection,
+            &id,
+            &version,
+            &data,
+            &updated,
+            &expected,
+            &cver,
+            &tokens,
+        ];
+        let write = conn.client()?.query_one(&st, &params);
+        // The audit entry rides the same pipelined transaction (see `audit.rs`).
+        let out = match audit {
+            None => conn.tenant_statement(write).await?,
+            Some(entry) => {
+                // With its audit entry: a pipelined transaction of the two statements (the
+                // record function sets the tenant too, harmlessly).
+                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
+                let [ast] = conn.prepare([audit::AFTER_UPDATE]).await?;
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &version, &data, &entry];
+                let append = conn.client()?.execute(&ast, ap);
+                conn.transaction(&tx, t, audit::both(write, append))
+                    .await?
+                    .0
+            }
+        };
         write_outcome(&out)
     }
 
@@ -553,18 +620,34 @@ impl RecordBackend for PostgresStore {
         name: &CollectionName,
         id: RecordId,
         expected: Option<u64>,
+        audit: Option<&[u8]>,
     ) -> Result<WriteOutcome, BackendError> {
         // INVARIANT: the tenant is the scope's, passed as `p_tenant` and set for RLS.
         let t = s.tenant();
         let expected = expected.map(sql_version).transpose()?;
         let conn = self.conn().await?;
         let [st] = conn.prepare([sql::DELETE_RECORD]).await?;
-        let out = conn
-            .tenant_statement(conn.client()?.query_one(
-                &st,
-                &[&t.as_uuid(), &name.as_str(), &id.as_uuid(), &expected],
-            ))
-            .await?;
+        let (tenant, collection, id) = (t.as_uuid(), name.as_str(), id.as_uuid());
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&tenant, &collection, &id, &expected];
+        let write = conn.client()?.query_one(&st, &params);
+        // The audit entry rides the same pipelined transaction, sent BEFORE the delete (it
+        // locks the record it vouches for; see `audit.rs`).
+        let out = match audit {
+            None => conn.tenant_statement(write).await?,
+            Some(entry) => {
+                // With its audit entry: a pipelined transaction of the two statements (the
+                // record function sets the tenant too, harmlessly).
+                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
+                let [ast] = conn.prepare([audit::BEFORE_DELETE]).await?;
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &id, &expected, &entry];
+                let append = conn.client()?.execute(&ast, ap);
+                conn.transaction(&tx, t, audit::both(append, write))
+                    .await?
+                    .1
+            }
+        };
         write_outcome(&out)
     }
 
@@ -575,42 +658,54 @@ impl RecordBackend for PostgresStore {
         all_of: &[IndexToken],
         after: Option<RecordId>,
         limit: usize,
+        audit: Option<&[u8]>,
     ) -> Result<Vec<RecordRow>, BackendError> {
         // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
         let t = s.tenant();
         let after = after.map_or(sql::START, |a| a.as_uuid());
         let limit = sql_limit(limit);
+        let (tenant, collection) = (t.as_uuid(), name.as_str());
         let conn = self.conn().await?;
+        let mode = if audit.is_some() {
+            Mode::Write
+        } else {
+            Mode::Read
+        };
+        // The audit entry rides the same pipelined transaction (see `audit.rs`).
+        let append = match audit {
+            Some(entry) => Some((conn.prepare([audit::APPEND]).await?, entry)),
+            None => None,
+        };
         let rows = match all_of.split_first() {
             None => {
-                let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::LIST_RECORDS]).await?;
-                conn.transaction(
-                    &tx,
-                    t,
-                    conn.client()?
-                        .query(&st, &[&t.as_uuid(), &name.as_str(), &after, &limit]),
-                )
-                .await?
+                let (tx, [st]) = conn.prepare_tx(mode, [sql::LIST_RECORDS]).await?;
+                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &after, &limit];
+                let read = conn.client()?.query(&st, rp);
+                match &append {
+                    None => conn.transaction(&tx, t, read).await?,
+                    Some(([ast], entry)) => {
+                        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, entry];
+                        let write = conn.client()?.execute(ast, ap);
+                        conn.transaction(&tx, t, audit::both(read, write)).await?.0
+                    }
+                }
             }
             Some((first, rest)) => {
                 let rest: Vec<&[u8]> = rest.iter().map(|t| t.as_slice()).collect();
-                let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::FILTER_RECORDS]).await?;
-                conn.transaction(
-                    &tx,
-                    t,
-                    conn.client()?.query(
-                        &st,
-                        &[
-                            &t.as_uuid(),
-                            &name.as_str(),
-                            &first.as_slice(),
-                            &after,
-                            &rest,
-                            &limit,
-                        ],
-                    ),
-                )
-                .await?
+                let (tx, [st]) = conn.prepare_tx(mode, [sql::FILTER_RECORDS]).await?;
+                let first = first.as_slice();
+                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+                    &[&tenant, &collection, &first, &after, &rest, &limit];
+                let read = conn.client()?.query(&st, rp);
+                match &append {
+                    None => conn.transaction(&tx, t, read).await?,
+                    Some(([ast], entry)) => {
+                        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, entry];
+                        let write = conn.client()?.execute(ast, ap);
+                        conn.transaction(&tx, t, audit::both(read, write)).await?.0
+                    }
+                }
             }
         };
         rows.iter().map(sql::record).collect()
@@ -652,5 +747,67 @@ impl RecordBackend for PostgresStore {
                 "a pooled connection carries a tenant setting outside a transaction".into(),
             ))
         }
+    }
+}
+
+#[async_trait]
+impl AuditBackend for PostgresStore {
+    // INVARIANT: a tenant log's statements set its tenant for RLS and filter on it (`audit.rs`).
+    async fn audit_append(&self, log: &AuditScope, bodies: &[Vec<u8>]) -> Result<(), BackendError> {
+        if bodies.is_empty() {
+            return Ok(());
+        }
+        audit::append(&self.conn().await?, log.log(), bodies).await
+    }
+
+    async fn audit_sequence(&self, log: &AuditScope) -> Result<u64, BackendError> {
+        audit::sequence(&self.conn().await?, log.log()).await
+    }
+
+    async fn audit_entries(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, BackendError> {
+        audit::entries(&self.conn().await?, log.log(), from, limit).await
+    }
+
+    async fn audit_leaves(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<[u8; 32]>, BackendError> {
+        audit::leaves(&self.conn().await?, log.log(), from, to).await
+    }
+
+    async fn audit_put_checkpoint(
+        &self,
+        log: &AuditScope,
+        row: &CheckpointRow,
+    ) -> Result<(), BackendError> {
+        audit::put_checkpoint(&self.conn().await?, log.log(), row).await
+    }
+
+    async fn audit_checkpoint(
+        &self,
+        log: &AuditScope,
+        size: Option<u64>,
+    ) -> Result<Option<CheckpointRow>, BackendError> {
+        audit::checkpoint(&self.conn().await?, log.log(), size).await
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        log: &AuditScope,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRow>, BackendError> {
+        audit::checkpoints(&self.conn().await?, log.log(), after, limit).await
+    }
+
+    async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError> {
+        audit::prune(&self.conn().await?, log.log(), below).await
     }
 }

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "single_statement",
         include_str!("../migrations/0002_single_statement.sql"),
     ),
+    (4, "audit", include_str!("../migrations/0004_audit.sql")),
     (5, "limits", include_str!("../migrations/0005_limits.sql")),
     (
         6,

@@ -50,5 +50,10 @@ not_configured!(
     no_plaintext_at_rest,
     lifecycle_suspend_and_offboard,
     concurrent_writes_are_all_acknowledged,
+    audit_records_every_access_and_change,
+    audit_logs_are_per_tenant,
+    audit_tampering_is_detected,
+    audit_retention_keeps_the_log_verifiable,
+    audit_offboarding_keeps_the_log,
     prop_isolation,
 );

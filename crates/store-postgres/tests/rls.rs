@@ -614,7 +614,8 @@ async fn migrations_are_idempotent_and_serialized() {
     assert!(files.len() >= 2, "migration files: {files:?}");
     assert_eq!(versions, files);
     // Every tenant-owned table has RLS enabled and forced, and `bulkhead_app` owns nothing.
-    for table in TENANT_TABLES {
+    let audit_tables = ["audit_pending", "audit_entries", "audit_checkpoints"];
+    for table in TENANT_TABLES.into_iter().chain(audit_tables) {
         let row = c
             .query_one(
                 "SELECT relrowsecurity, relforcerowsecurity, pg_get_userbyid(relowner)::text
@@ -627,4 +628,106 @@ async fn migrations_are_idempotent_and_serialized() {
         assert_ne!(row.get::<_, String>(2), APP_ROLE, "{table}");
     }
     PostgresStore::connect(&db.url, 1).await.unwrap();
+}
+
+/// The audit tables of tenant logs (migration 0004) behind the same wall, and append-only for
+/// the application role.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tables_are_under_row_level_security() {
+    if test_url().is_none() {
+        return;
+    }
+    const AUDIT_TABLES: [&str; 3] = ["audit_pending", "audit_entries", "audit_checkpoints"];
+    let env = Env::<Pg<2>>::new().await;
+    let mut tenants = Vec::new();
+    for _ in 0..2 {
+        let ctx = tenant_with_rows(&env).await;
+        // Entries placed and checkpointed, and one more left pending: rows in every table.
+        let scope = env.store.tenant_audit(&ctx);
+        env.store.audit().checkpoint(&scope).await.unwrap().unwrap();
+        env.store
+            .tenant(&ctx)
+            .await
+            .unwrap()
+            .list_collections()
+            .await
+            .unwrap();
+        tenants.push(ctx.tenant());
+    }
+    let (a, b) = (tenants[0], tenants[1]);
+    let insert = |table: &str| {
+        match table {
+        "audit_pending" => "INSERT INTO audit_pending (tenant_id, body) VALUES ($1, '\\x00')",
+        "audit_entries" => {
+            "INSERT INTO audit_entries (tenant_id, seq, body, leaf) VALUES ($1, 1000, '\\x00', '\\x00')"
+        }
+        _ => {
+            "INSERT INTO audit_checkpoints (tenant_id, size, root, time_us, key_id, signature, frontier)
+             VALUES ($1, 1000, '\\x00', 0, 'k', '\\x00', '\\x00')"
+        }
+    }
+    };
+    let c = env.harness.store.unscoped_client().await.unwrap();
+    for table in AUDIT_TABLES {
+        // With A set: A's rows, all of them, and only them.
+        begin_as(&c, a).await;
+        let seen: Vec<uuid::Uuid> = c
+            .query(&format!("SELECT tenant_id FROM {table}"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(!seen.is_empty(), "{table}: my rows are visible");
+        assert!(seen.iter().all(|t| *t == a.as_uuid()), "{table}: {seen:?}");
+        assert_eq!(
+            i64::try_from(seen.len()).unwrap(),
+            owned_rows(&env, table, a).await
+        );
+        assert!(owned_rows(&env, table, b).await > 0);
+        c.batch_execute("COMMIT").await.unwrap();
+        // Positive twin: a row for A as A is accepted; for B as A it is refused.
+        begin_as(&c, a).await;
+        c.execute(insert(table), &[&a.as_uuid()]).await.unwrap();
+        c.batch_execute("ROLLBACK").await.unwrap();
+        begin_as(&c, a).await;
+        let e = c.execute(insert(table), &[&b.as_uuid()]).await.unwrap_err();
+        assert_rls_violation(&e, &format!("{table}: insert for B as A"));
+        c.batch_execute("ROLLBACK").await.unwrap();
+        // No tenant set: nothing visible, nothing accepted.
+        let n: i64 = c
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "{table} reads empty with no tenant set");
+        let e = c.execute(insert(table), &[&a.as_uuid()]).await.unwrap_err();
+        assert_rls_violation(&e, &format!("{table}: insert with no tenant set"));
+    }
+    // Append-only for the application role, even on its own tenant's rows.
+    for (sql, what) in [
+        ("UPDATE audit_entries SET body = body", "update entries"),
+        (
+            "UPDATE audit_checkpoints SET signature = signature",
+            "update checkpoints",
+        ),
+        ("DELETE FROM audit_checkpoints", "delete checkpoints"),
+        (
+            "UPDATE audit_operator_entries SET body = body",
+            "update operator entries",
+        ),
+        (
+            "DELETE FROM audit_operator_checkpoints",
+            "delete operator checkpoints",
+        ),
+    ] {
+        begin_as(&c, a).await;
+        let e = c.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{what}: {e:?}"
+        );
+        c.batch_execute("ROLLBACK").await.unwrap();
+    }
 }

@@ -11,6 +11,7 @@
 //! Every statement on tenant-owned tables filters on the scope's tenant id, which leads every
 //! primary key and index.
 
+mod audit;
 mod limits;
 mod schema;
 mod sql;
@@ -19,12 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_audit::LogId;
 use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
-    SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
+    AuditBackend, AuditRow, AuditScope, CheckpointRow, CollectionRow, IndexToken, InsertOutcome,
+    InsertRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow, TenantPatch, TenantRow,
+    TierRow, UpdateRow, WriteOutcome,
 };
 use parking_lot::Mutex;
 use rusqlite::Connection;
@@ -370,9 +373,21 @@ impl RecordBackend for SqliteStore {
             .await
     }
 
-    async fn insert(&self, s: &Scope, row: &InsertRow) -> Result<InsertOutcome, BackendError> {
-        let (t, row) = (s.tenant(), row.clone());
-        self.write(move |c| sql::insert(c, t, &row)).await
+    async fn insert(
+        &self,
+        s: &Scope,
+        row: &InsertRow,
+        audit: Option<&[u8]>,
+    ) -> Result<InsertOutcome, BackendError> {
+        let (t, row, audit) = (s.tenant(), row.clone(), audit.map(<[u8]>::to_vec));
+        self.write(move |c| {
+            let out = sql::insert(c, t, &row)?;
+            if let (InsertOutcome::Inserted, Some(body)) = (&out, audit) {
+                audit::append(c, LogId::Tenant(t), &[body])?;
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn get(
@@ -380,14 +395,34 @@ impl RecordBackend for SqliteStore {
         s: &Scope,
         name: &CollectionName,
         id: RecordId,
+        audit: Option<&[u8]>,
     ) -> Result<Option<RecordRow>, BackendError> {
         let (t, name) = (s.tenant(), name.clone());
-        self.read(move |c| sql::get(c, t, &name, id)).await
+        let row = self.read(move |c| sql::get(c, t, &name, id)).await?;
+        if let (Some(_), Some(body)) = (&row, audit) {
+            // The read is acknowledged only once its entry rides a group commit.
+            let body = body.to_vec();
+            self.write(move |c| audit::append(c, LogId::Tenant(t), &[body]))
+                .await?;
+        }
+        Ok(row)
     }
 
-    async fn update(&self, s: &Scope, row: &UpdateRow) -> Result<WriteOutcome, BackendError> {
-        let (t, row) = (s.tenant(), row.clone());
-        self.write(move |c| sql::update(c, t, &row)).await
+    async fn update(
+        &self,
+        s: &Scope,
+        row: &UpdateRow,
+        audit: Option<&[u8]>,
+    ) -> Result<WriteOutcome, BackendError> {
+        let (t, row, audit) = (s.tenant(), row.clone(), audit.map(<[u8]>::to_vec));
+        self.write(move |c| {
+            let out = sql::update(c, t, &row)?;
+            if let (WriteOutcome::Written { .. }, Some(body)) = (&out, audit) {
+                audit::append(c, LogId::Tenant(t), &[body])?;
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn delete(
@@ -396,10 +431,17 @@ impl RecordBackend for SqliteStore {
         name: &CollectionName,
         id: RecordId,
         expected: Option<u64>,
+        audit: Option<&[u8]>,
     ) -> Result<WriteOutcome, BackendError> {
-        let (t, name) = (s.tenant(), name.clone());
-        self.write(move |c| sql::delete(c, t, &name, id, expected))
-            .await
+        let (t, name, audit) = (s.tenant(), name.clone(), audit.map(<[u8]>::to_vec));
+        self.write(move |c| {
+            let out = sql::delete(c, t, &name, id, expected)?;
+            if let (WriteOutcome::Written { .. }, Some(body)) = (&out, audit) {
+                audit::append(c, LogId::Tenant(t), &[body])?;
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn query(
@@ -409,10 +451,18 @@ impl RecordBackend for SqliteStore {
         all_of: &[IndexToken],
         after: Option<RecordId>,
         limit: usize,
+        audit: Option<&[u8]>,
     ) -> Result<Vec<RecordRow>, BackendError> {
         let (t, name, all_of) = (s.tenant(), name.clone(), all_of.to_vec());
-        self.read(move |c| sql::query(c, t, &name, &all_of, after, limit))
-            .await
+        let rows = self
+            .read(move |c| sql::query(c, t, &name, &all_of, after, limit))
+            .await?;
+        if let Some(body) = audit {
+            let body = body.to_vec();
+            self.write(move |c| audit::append(c, LogId::Tenant(t), &[body]))
+                .await?;
+        }
+        Ok(rows)
     }
 
     async fn usage(&self, s: &Scope) -> Result<Usage, BackendError> {
@@ -445,5 +495,76 @@ impl RecordBackend for SqliteStore {
 
     async fn ping(&self) -> Result<(), BackendError> {
         self.point_read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+}
+
+#[async_trait]
+impl AuditBackend for SqliteStore {
+    async fn audit_append(&self, log: &AuditScope, bodies: &[Vec<u8>]) -> Result<(), BackendError> {
+        // Rides the next group commit: durable when this returns.
+        let (log, bodies) = (log.log(), bodies.to_vec());
+        self.write(move |c| audit::append(c, log, &bodies)).await
+    }
+
+    async fn audit_sequence(&self, log: &AuditScope) -> Result<u64, BackendError> {
+        // The writer places entries as it appends them: nothing is pending.
+        let log = log.log();
+        self.point_read(|c| audit::size(c, log))
+    }
+
+    async fn audit_entries(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, BackendError> {
+        let log = log.log();
+        self.read(move |c| audit::entries(c, log, from, limit))
+            .await
+    }
+
+    async fn audit_leaves(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<[u8; 32]>, BackendError> {
+        let log = log.log();
+        self.read(move |c| audit::leaves(c, log, from, to)).await
+    }
+
+    async fn audit_put_checkpoint(
+        &self,
+        log: &AuditScope,
+        row: &CheckpointRow,
+    ) -> Result<(), BackendError> {
+        let (log, row) = (log.log(), row.clone());
+        self.write(move |c| audit::put_checkpoint(c, log, &row))
+            .await
+    }
+
+    async fn audit_checkpoint(
+        &self,
+        log: &AuditScope,
+        size: Option<u64>,
+    ) -> Result<Option<CheckpointRow>, BackendError> {
+        let log = log.log();
+        self.point_read(|c| audit::checkpoint(c, log, size))
+    }
+
+    async fn audit_checkpoints(
+        &self,
+        log: &AuditScope,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRow>, BackendError> {
+        let log = log.log();
+        self.read(move |c| audit::checkpoints(c, log, after, limit))
+            .await
+    }
+
+    async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError> {
+        let log = log.log();
+        self.write(move |c| audit::prune(c, log, below)).await
     }
 }

@@ -6,7 +6,8 @@ use rusqlite::{Connection, OpenFlags};
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
 ///
-/// INVARIANT: the tenant id leads every primary key and index of a tenant-owned table.
+/// INVARIANT: the tenant id leads every primary key and index of a tenant-owned table (for the
+/// audit tables: the log id, which is the tenant id of a tenant's log).
 const MIGRATIONS: &[&str] = &[
     r"
 CREATE TABLE settings (
@@ -117,6 +118,36 @@ CREATE TRIGGER records_usage_delete AFTER DELETE ON records BEGIN
     UPDATE tenant_usage SET records = records - 1, bytes = bytes - length(OLD.data)
      WHERE tenant_id = OLD.tenant_id;
 END;
+",
+    // 3: audit logs.
+    r"
+-- Audit logs (docs/audit.md): `log` is the tenant id, or 16 zero bytes for the operator log.
+-- Entries are append-only: nothing in Bulkhead updates them, and the database refuses to.
+-- Offboarding a tenant keeps its log and checkpoints (the purge does not touch them).
+CREATE TABLE audit_entries (
+    log  BLOB NOT NULL,
+    seq  INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    leaf BLOB NOT NULL,
+    PRIMARY KEY (log, seq)
+) WITHOUT ROWID;
+CREATE TRIGGER audit_entries_append_only BEFORE UPDATE ON audit_entries
+BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
+
+CREATE TABLE audit_checkpoints (
+    log       BLOB NOT NULL,
+    size      INTEGER NOT NULL,
+    root      BLOB NOT NULL,
+    time_us   INTEGER NOT NULL,
+    key_id    TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    frontier  BLOB NOT NULL,
+    PRIMARY KEY (log, size)
+) WITHOUT ROWID;
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_kept BEFORE DELETE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are kept'); END;
 ",
 ];
 

@@ -1,11 +1,17 @@
 //! The storage contract, run against the SQLite adapter.
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "tests"
+)]
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bulkhead_audit::LogId;
 use bulkhead_core::{CollectionName, RecordId, TenantId};
-use bulkhead_store::contract::Harness;
+use bulkhead_store::contract::{AuditTamper, Harness};
 use bulkhead_store::port::{RecordBackend, Registry};
 use bulkhead_store_sqlite::SqliteStore;
 use rusqlite::{Connection, params};
@@ -80,6 +86,85 @@ impl Harness for Sqlite {
             bytes.extend(w);
         }
         bytes
+    }
+
+    async fn raw_audit_tamper(&self, log: LogId, tamper: AuditTamper) {
+        let c = self.raw();
+        // Someone with the file can drop the append-only guards first.
+        c.execute_batch(
+            "DROP TRIGGER IF EXISTS audit_entries_append_only;
+             DROP TRIGGER IF EXISTS audit_checkpoints_append_only;",
+        )
+        .unwrap();
+        let id = log.to_bytes();
+        let set = |seq: u64, body: &[u8], leaf: &[u8]| {
+            let n = c
+                .execute(
+                    "UPDATE audit_entries SET body = ?3, leaf = ?4 WHERE log = ?1 AND seq = ?2",
+                    params![id.as_slice(), seq as i64, body, leaf],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+        };
+        match tamper {
+            AuditTamper::FlipBodyByte { seq } => {
+                let (mut body, leaf) = self.audit_row(&c, &id, seq);
+                body[0] ^= 1;
+                set(seq, &body, &leaf);
+            }
+            AuditTamper::Delete { seq } => {
+                let n = c
+                    .execute(
+                        "DELETE FROM audit_entries WHERE log = ?1 AND seq = ?2",
+                        params![id.as_slice(), seq as i64],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+            AuditTamper::Swap { a, b } => {
+                let (ba, la) = self.audit_row(&c, &id, a);
+                let (bb, lb) = self.audit_row(&c, &id, b);
+                set(a, &bb, &lb);
+                set(b, &ba, &la);
+            }
+            AuditTamper::TruncateFrom { seq } => {
+                let n = c
+                    .execute(
+                        "DELETE FROM audit_entries WHERE log = ?1 AND seq >= ?2",
+                        params![id.as_slice(), seq as i64],
+                    )
+                    .unwrap();
+                assert!(n > 0);
+            }
+            AuditTamper::FlipSignature { size } => {
+                let mut sig: Vec<u8> = c
+                    .query_row(
+                        "SELECT signature FROM audit_checkpoints WHERE log = ?1 AND size = ?2",
+                        params![id.as_slice(), size as i64],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                sig[0] ^= 1;
+                let n = c
+                    .execute(
+                        "UPDATE audit_checkpoints SET signature = ?3 WHERE log = ?1 AND size = ?2",
+                        params![id.as_slice(), size as i64, sig],
+                    )
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+        }
+    }
+}
+
+impl Sqlite {
+    fn audit_row(&self, c: &Connection, log: &[u8], seq: u64) -> (Vec<u8>, Vec<u8>) {
+        c.query_row(
+            "SELECT body, leaf FROM audit_entries WHERE log = ?1 AND seq = ?2",
+            params![log, seq as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
     }
 }
 

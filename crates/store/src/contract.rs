@@ -25,8 +25,11 @@ use serde_json::{Value, json};
 use bulkhead_core::tier::{LimitOverrides, Quota, TierLimits, Usage};
 
 use crate::StoreError;
+use crate::audit::{AuditFilter, RequestMeta};
 use crate::port::{RecordBackend, Registry, TenantPatch};
 use crate::service::{Idempotency, Store, StoreConfig};
+use bulkhead_audit::checkpoint::{verify_consistency_json, verify_inclusion_json};
+use bulkhead_audit::{LogId, Outcome};
 
 /// What an adapter provides to run the contract against it.
 #[async_trait]
@@ -45,6 +48,23 @@ pub trait Harness: Send + Sync + Sized + 'static {
     async fn raw_move_record(&self, rec: (TenantId, &CollectionName, RecordId), to: TenantId);
     /// Every byte the backend keeps (database files, or a dump of every table).
     async fn raw_dump(&self) -> Vec<u8>;
+    /// Changes the stored audit log `log`, bypassing Bulkhead and any guard of the database.
+    async fn raw_audit_tamper(&self, log: LogId, tamper: AuditTamper);
+}
+
+/// What an attacker with write access to the storage does to an audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditTamper {
+    /// Flips one bit of the body of entry `seq` (its stored leaf hash left as it was).
+    FlipBodyByte { seq: u64 },
+    /// Deletes entry `seq`.
+    Delete { seq: u64 },
+    /// Swaps the stored rows (body and leaf) of entries `a` and `b`.
+    Swap { a: u64, b: u64 },
+    /// Deletes every entry from `seq` on.
+    TruncateFrom { seq: u64 },
+    /// Flips one bit of the signature of the checkpoint of `size` entries.
+    FlipSignature { size: u64 },
 }
 
 /// A store over a fresh backend, and a way to get verified contexts for new tenants.
@@ -1257,6 +1277,407 @@ pub async fn storage_quotas_refuse_and_write_nothing<H: Harness>() {
     assert_eq!(hc.usage().await.unwrap().records, 1);
 }
 
+// ---- audit ------------------------------------------------------------------------------
+
+async fn entries_of<H: Harness>(
+    env: &Env<H>,
+    log: LogId,
+) -> Vec<bulkhead_audit::checkpoint::EntryJson> {
+    let scope = env.store.operator_audit(log);
+    env.store.audit().checkpoint(&scope).await.unwrap();
+    env.store
+        .audit()
+        .entries(&scope, &AuditFilter::default(), None, 1000)
+        .await
+        .unwrap()
+        .items
+}
+
+pub async fn audit_records_every_access_and_change<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let a = env.tenant(&[Role::Admin]).await;
+    with_users(&env, &a).await;
+    let h = env
+        .store
+        .tenant(&a)
+        .await
+        .unwrap()
+        .with_request(RequestMeta {
+            request_id: "req-1".into(),
+            source: "192.0.2.7".into(),
+        });
+    let users = coll("users");
+    let r = h
+        .create_record(&users, json!({"email": "secret-value@x.example"}), None)
+        .await
+        .unwrap()
+        .record;
+    h.get_record(&users, r.id).await.unwrap();
+    h.update_record(&users, r.id, json!({"email": "other-secret@x.example"}), 1)
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.update_record(&users, r.id, json!({"email": "x@x.example"}), 1)
+            .await,
+        Err(StoreError::VersionMismatch { current: 2 })
+    ));
+    h.query(&users, &[], None, 10).await.unwrap();
+    h.delete_record(&users, r.id, None).await.unwrap();
+    assert_not_found!(h.get_record(&users, r.id).await);
+    assert_not_found!(h.delete_record(&users, r.id, None).await);
+
+    let scope = env.store.tenant_audit(&a);
+    let audit = env.store.audit();
+    let first = audit.checkpoint(&scope).await.unwrap().unwrap();
+    let items = audit
+        .entries(&scope, &AuditFilter::default(), None, 100)
+        .await
+        .unwrap()
+        .items;
+    let got: Vec<(&str, Outcome)> = items
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("collection.put", Outcome::Success),
+            ("record.create", Outcome::Success),
+            ("record.read", Outcome::Success),
+            ("record.update", Outcome::Success),
+            ("record.update", Outcome::Conflict),
+            ("record.list", Outcome::Success),
+            ("record.delete", Outcome::Success),
+            ("record.read", Outcome::NotFound),
+            ("record.delete", Outcome::NotFound),
+        ]
+    );
+    let rec = format!("collections/users/records/{}", r.id);
+    for e in &items[1..] {
+        assert!(e.resource.starts_with("collections/users"), "{e:?}");
+        assert_eq!(e.request_id, "req-1");
+        assert_eq!(e.source, "192.0.2.7");
+        assert_eq!(e.actor.subject, "tester");
+        assert_eq!(e.actor.roles, "admin");
+        assert_eq!(e.log, a.tenant().to_string());
+    }
+    assert_eq!(items[2].resource, rec);
+    for (i, e) in items.iter().enumerate() {
+        assert_eq!(e.seq, i as u64);
+    }
+    // Names and ids only, never contents.
+    let json = serde_json::to_string(&items).unwrap();
+    assert!(!json.contains("secret"), "{json}");
+    // Filters.
+    let reads = audit
+        .entries(
+            &scope,
+            &AuditFilter {
+                action: Some("record.read".into()),
+                ..AuditFilter::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reads.items.len(), 2);
+    let later = audit
+        .entries(
+            &scope,
+            &AuditFilter {
+                since: Some(
+                    bulkhead_core::Timestamp::now_utc() + std::time::Duration::from_secs(60),
+                ),
+                ..AuditFilter::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(later.items.is_empty());
+    let page = audit
+        .entries(&scope, &AuditFilter::default(), None, 4)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 4);
+    let rest = audit
+        .entries(
+            &scope,
+            &AuditFilter::default(),
+            page.next_cursor.as_deref(),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items[0].seq, 4);
+    assert!(matches!(
+        audit
+            .entries(&scope, &AuditFilter::default(), Some("x"), 4)
+            .await,
+        Err(StoreError::BadCursor)
+    ));
+
+    // Every entry is provably in the checkpoint, and the log only grew between checkpoints.
+    let key = audit.public_key().clone();
+    let n = first.checkpoint.size;
+    assert_eq!(n, items.len() as u64);
+    for seq in 0..n {
+        let p = audit.inclusion(&scope, seq, n).await.unwrap();
+        verify_inclusion_json(&p, &key, Some(LogId::Tenant(a.tenant()))).unwrap();
+    }
+    assert_not_found!(audit.inclusion(&scope, n, n).await);
+    assert_not_found!(audit.inclusion(&scope, 0, n + 5).await);
+    h.get_collection(&users).await.unwrap();
+    let second = audit.checkpoint(&scope).await.unwrap().unwrap();
+    assert_eq!(second.checkpoint.size, n + 1);
+    assert!(
+        audit.checkpoint(&scope).await.unwrap().is_none(),
+        "no growth, no checkpoint"
+    );
+    let c = audit.consistency(&scope, n, n + 1).await.unwrap();
+    verify_consistency_json(&c, &key, Some(LogId::Tenant(a.tenant()))).unwrap();
+    assert_eq!(audit.latest_checkpoint(&scope).await.unwrap(), second);
+    let report = audit.verify(&scope, &key, &|_| {}).await.unwrap();
+    assert_eq!((report.entries, report.checkpoints), (n + 1, 2));
+}
+
+pub async fn audit_logs_are_per_tenant<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let a = env.tenant(&[Role::Admin]).await;
+    let b = env.tenant(&[Role::Admin]).await;
+    let mut ids = Vec::new();
+    for ctx in [&a, &b] {
+        with_users(&env, ctx).await;
+        let r = env
+            .store
+            .tenant(ctx)
+            .await
+            .unwrap()
+            .create_record(&coll("users"), json!({"email": "e@x.example"}), None)
+            .await
+            .unwrap()
+            .record;
+        ids.push(r.id.to_string());
+    }
+    let audit = env.store.audit();
+    let (sa, sb) = (env.store.tenant_audit(&a), env.store.tenant_audit(&b));
+    let ca = audit.checkpoint(&sa).await.unwrap().unwrap();
+    let cb = audit.checkpoint(&sb).await.unwrap().unwrap();
+    let list = |scope| async move {
+        serde_json::to_string(
+            &audit
+                .entries(&scope, &AuditFilter::default(), None, 100)
+                .await
+                .unwrap()
+                .items,
+        )
+        .unwrap()
+    };
+    // A sees its own record in its log (the positive twin), and nothing of B's; and back.
+    let (la, lb) = (list(sa).await, list(sb).await);
+    assert!(la.contains(&ids[0]) && !la.contains(&ids[1]));
+    assert!(lb.contains(&ids[1]) && !lb.contains(&ids[0]));
+    assert!(!la.contains(&b.tenant().to_string()));
+    // A's proof verifies against A's checkpoint and never against B's, although both logs
+    // hold the same actions at the same positions.
+    let key = audit.public_key().clone();
+    let p = audit.inclusion(&sa, 1, ca.checkpoint.size).await.unwrap();
+    verify_inclusion_json(&p, &key, Some(LogId::Tenant(a.tenant()))).unwrap();
+    assert!(verify_inclusion_json(&p, &key, Some(LogId::Tenant(b.tenant()))).is_err());
+    let mut forged = p.clone();
+    forged.checkpoint = cb.to_json();
+    forged.log = b.tenant().to_string();
+    assert!(verify_inclusion_json(&forged, &key, None).is_err());
+    assert_ne!(ca.checkpoint.root, cb.checkpoint.root);
+}
+
+pub async fn audit_tampering_is_detected<H: Harness>() {
+    let cases = [
+        (AuditTamper::FlipBodyByte { seq: 2 }, "entry 2"),
+        (AuditTamper::Delete { seq: 2 }, "entry 2"),
+        (AuditTamper::Swap { a: 1, b: 3 }, "entry 1"),
+        (AuditTamper::TruncateFrom { seq: 4 }, "entry 4"),
+        (AuditTamper::FlipSignature { size: 6 }, "checkpoint 6"),
+        (AuditTamper::FlipSignature { size: 3 }, "checkpoint 3"),
+    ];
+    for (tamper, at) in cases {
+        let env = Env::<H>::new().await;
+        let a = env.tenant(&[Role::Admin]).await;
+        with_users(&env, &a).await;
+        let h = env.store.tenant(&a).await.unwrap();
+        let audit = env.store.audit();
+        let scope = env.store.tenant_audit(&a);
+        for i in 0..5 {
+            h.create_record(
+                &coll("users"),
+                json!({"email": format!("{i}@x.example")}),
+                None,
+            )
+            .await
+            .unwrap();
+            if i == 1 {
+                assert_eq!(
+                    audit
+                        .checkpoint(&scope)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .checkpoint
+                        .size,
+                    3
+                );
+            }
+        }
+        assert_eq!(
+            audit
+                .checkpoint(&scope)
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .size,
+            6
+        );
+        let key = audit.public_key().clone();
+        audit.verify(&scope, &key, &|_| {}).await.unwrap();
+        let log = LogId::Tenant(a.tenant());
+        env.harness.raw_audit_tamper(log, tamper).await;
+        // The verifier names the first bad place.
+        let err = audit.verify(&scope, &key, &|_| {}).await.unwrap_err();
+        assert_eq!(err.at, at, "{tamper:?}: {err}");
+        // Proofs from the tampered storage do not check out (or cannot be made).
+        let proven = |seq: u64, size: u64| {
+            let key = key.clone();
+            async move {
+                match audit.inclusion(&scope, seq, size).await {
+                    Ok(p) => verify_inclusion_json(&p, &key, Some(log)).is_ok(),
+                    Err(_) => false,
+                }
+            }
+        };
+        let bad_seq = match tamper {
+            AuditTamper::FlipBodyByte { seq } | AuditTamper::Delete { seq } => seq,
+            AuditTamper::Swap { a, .. } => a,
+            AuditTamper::TruncateFrom { seq } => seq,
+            AuditTamper::FlipSignature { size } => size - 1,
+        };
+        let size = match tamper {
+            AuditTamper::FlipSignature { size } => size,
+            _ => 6,
+        };
+        assert!(!proven(bad_seq, size).await, "{tamper:?}");
+        if let AuditTamper::FlipSignature { size: 3 } = tamper {
+            let c = audit.consistency(&scope, 3, 6).await.unwrap();
+            assert!(verify_consistency_json(&c, &key, Some(log)).is_err());
+        }
+        // The checkpointer does not sign over an entry changed before it was checkpointed.
+        if let AuditTamper::FlipBodyByte { .. } = tamper {
+            h.list_collections().await.unwrap();
+            assert_eq!(audit.place(&scope).await.unwrap(), 7);
+            env.harness
+                .raw_audit_tamper(log, AuditTamper::FlipBodyByte { seq: 6 })
+                .await;
+            assert!(matches!(
+                audit.checkpoint(&scope).await,
+                Err(StoreError::Integrity(_))
+            ));
+        }
+    }
+}
+
+pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let a = env.tenant(&[Role::Admin]).await;
+    with_users(&env, &a).await;
+    let h = env.store.tenant(&a).await.unwrap();
+    let audit = env.store.audit();
+    let scope = env.store.tenant_audit(&a);
+    for i in 0..3 {
+        h.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    audit.checkpoint(&scope).await.unwrap();
+    // Nothing is older than a minute ago: nothing goes.
+    let past = bulkhead_core::Timestamp::now_utc() - std::time::Duration::from_secs(60);
+    assert_eq!(audit.prune(&scope, past).await.unwrap(), 0);
+    let cutoff = bulkhead_core::Timestamp::now_utc() + std::time::Duration::from_secs(1);
+    assert_eq!(audit.prune(&scope, cutoff).await.unwrap(), 4);
+    for i in 3..5 {
+        h.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
+    assert_eq!(cp.checkpoint.size, 6);
+    let key = audit.public_key().clone();
+    let report = audit.verify(&scope, &key, &|_| {}).await.unwrap();
+    assert_eq!((report.pruned, report.entries), (4, 2));
+    let items = audit
+        .entries(&scope, &AuditFilter::default(), None, 100)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(items.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    // Tampering after pruning is still caught.
+    env.harness
+        .raw_audit_tamper(
+            LogId::Tenant(a.tenant()),
+            AuditTamper::FlipBodyByte { seq: 5 },
+        )
+        .await;
+    assert_eq!(
+        audit.verify(&scope, &key, &|_| {}).await.unwrap_err().at,
+        "entry 5"
+    );
+}
+
+pub async fn audit_offboarding_keeps_the_log<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let a = env.tenant(&[Role::Admin]).await;
+    with_users(&env, &a).await;
+    env.store
+        .operator_record_in_tenant_log(a.tenant(), "tenant.offboard", &RequestMeta::default())
+        .await
+        .unwrap();
+    env.store.offboard(a.tenant()).await.unwrap();
+    let items = entries_of(&env, LogId::Tenant(a.tenant())).await;
+    let actions: Vec<&str> = items.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["collection.put", "tenant.offboard"]);
+    let scope = env.store.operator_audit(LogId::Tenant(a.tenant()));
+    let key = env.store.audit().public_key().clone();
+    env.store
+        .audit()
+        .verify(&scope, &key, &|_| {})
+        .await
+        .unwrap();
+    // The operator log is a log of its own.
+    env.store
+        .audit()
+        .record_operator(
+            "tenant.offboard",
+            &a.tenant().to_string(),
+            Outcome::Success,
+            &RequestMeta::default(),
+            "",
+        )
+        .await
+        .unwrap();
+    let op = entries_of(&env, LogId::Operator).await;
+    assert_eq!(op.len(), 1);
+    assert_eq!(op[0].log, "operator");
+}
+
 /// Generates one test per contract function for an adapter's [`Harness`].
 #[macro_export]
 macro_rules! contract_suite {
@@ -1276,7 +1697,12 @@ macro_rules! contract_suite {
             concurrent_writes_are_all_acknowledged,
             usage_is_counted_per_tenant,
             tiers_and_overrides_are_stored,
-            storage_quotas_refuse_and_write_nothing
+            storage_quotas_refuse_and_write_nothing,
+            audit_records_every_access_and_change,
+            audit_logs_are_per_tenant,
+            audit_tampering_is_detected,
+            audit_retention_keeps_the_log_verifiable,
+            audit_offboarding_keeps_the_log
         );
         #[test]
         fn prop_isolation() {

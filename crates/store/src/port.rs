@@ -16,6 +16,7 @@ use bulkhead_core::{
 };
 
 use crate::BackendError;
+use bulkhead_audit::LogId;
 
 /// Proof that the caller holds a verified context for `tenant`. Adapters can read the tenant,
 /// but nothing outside this crate can make one.
@@ -223,7 +224,7 @@ pub enum WriteOutcome {
 
 /// Tenant-owned data. Every method is scoped; see the module's invariant.
 #[async_trait]
-pub trait RecordBackend: Send + Sync + 'static {
+pub trait RecordBackend: AuditBackend + Send + Sync + 'static {
     /// Creates or replaces a collection definition. `expected` is the version the caller read
     /// (`None`: must not exist yet). Returns `false` on a version race.
     async fn put_collection(
@@ -253,22 +254,43 @@ pub trait RecordBackend: Send + Sync + 'static {
         entries: &[(RecordId, Vec<IndexToken>)],
     ) -> Result<bool, BackendError>;
 
-    async fn insert(&self, s: &Scope, row: &InsertRow) -> Result<InsertOutcome, BackendError>;
+    /// Inserts a record. `audit` (an encoded entry body) is appended to the scope's audit log
+    /// in the same transaction if and only if the outcome is [`InsertOutcome::Inserted`].
+    async fn insert(
+        &self,
+        s: &Scope,
+        row: &InsertRow,
+        audit: Option<&[u8]>,
+    ) -> Result<InsertOutcome, BackendError>;
+    /// Reads a record. `audit` is appended to the scope's audit log, durably, before this
+    /// returns, if and only if the record was found.
     async fn get(
         &self,
         s: &Scope,
         name: &CollectionName,
         id: RecordId,
+        audit: Option<&[u8]>,
     ) -> Result<Option<RecordRow>, BackendError>;
-    async fn update(&self, s: &Scope, row: &UpdateRow) -> Result<WriteOutcome, BackendError>;
+    /// Replaces a record; `audit` is appended in the same transaction if and only if the
+    /// outcome is [`WriteOutcome::Written`].
+    async fn update(
+        &self,
+        s: &Scope,
+        row: &UpdateRow,
+        audit: Option<&[u8]>,
+    ) -> Result<WriteOutcome, BackendError>;
+    /// Deletes a record; `audit` is appended in the same transaction if and only if the
+    /// outcome is [`WriteOutcome::Written`].
     async fn delete(
         &self,
         s: &Scope,
         name: &CollectionName,
         id: RecordId,
         expected: Option<u64>,
+        audit: Option<&[u8]>,
     ) -> Result<WriteOutcome, BackendError>;
-    /// Records whose index holds every token in `all_of`, in id order after `after`.
+    /// Records whose index holds every token in `all_of`, in id order after `after`. `audit`
+    /// is appended to the scope's audit log, durably, before this returns.
     async fn query(
         &self,
         s: &Scope,
@@ -276,6 +298,7 @@ pub trait RecordBackend: Send + Sync + 'static {
         all_of: &[IndexToken],
         after: Option<RecordId>,
         limit: usize,
+        audit: Option<&[u8]>,
     ) -> Result<Vec<RecordRow>, BackendError>;
 
     /// What the scope's tenant has stored: records and their bytes (kept by the backend as
@@ -287,4 +310,94 @@ pub trait RecordBackend: Send + Sync + 'static {
     async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError>;
     /// Whether the backend can serve requests now (for `/readyz`).
     async fn ping(&self) -> Result<(), BackendError>;
+}
+
+/// Which audit log an operation is on. Only the store service makes one: a tenant's log from
+/// a verified context (the tenant's own), the operator plane, or the checkpointer.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditScope {
+    log: LogId,
+}
+
+impl AuditScope {
+    pub(crate) fn new(log: LogId) -> Self {
+        Self { log }
+    }
+
+    pub fn log(&self) -> LogId {
+        self.log
+    }
+}
+
+/// A placed audit entry as stored: its body and leaf hash (which commits to log and seq too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub seq: u64,
+    pub body: Vec<u8>,
+    pub leaf: [u8; 32],
+}
+
+/// A signed checkpoint as stored, with the compact range (right edge) of its tree, so the
+/// next checkpoint extends it without the earlier entries (which retention may have pruned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    pub size: u64,
+    pub root: [u8; 32],
+    pub time_us: i64,
+    pub key_id: String,
+    pub signature: Vec<u8>,
+    pub frontier: Vec<u8>,
+}
+
+/// Audit logs: one per tenant and one for the operator plane. Append-only through this port:
+/// there is no method that changes or removes an entry, except [`AuditBackend::audit_prune`]
+/// (retention, below a checkpoint).
+///
+/// Appends are durable when the call returns. An appended entry gets its sequence number when
+/// the log is *sequenced* ([`AuditBackend::audit_sequence`]): adapters may do it at once
+/// (SQLite's single writer) or later (PostgreSQL, where concurrent transactions append to a
+/// pending queue and the checkpointer places them in commit order).
+#[async_trait]
+pub trait AuditBackend: Send + Sync + 'static {
+    /// Appends encoded entry bodies to the log, durably, in order.
+    async fn audit_append(&self, log: &AuditScope, bodies: &[Vec<u8>]) -> Result<(), BackendError>;
+    /// Places every appended entry not placed yet (sequence numbers from the log's size, leaf
+    /// hashes from `bulkhead_audit::entry::entry_leaf`); returns the log's size afterwards.
+    async fn audit_sequence(&self, log: &AuditScope) -> Result<u64, BackendError>;
+    /// Placed entries with `seq >= from`, in order, at most `limit`.
+    async fn audit_entries(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, BackendError>;
+    /// Leaf hashes of the placed entries with `from <= seq < to`, in order.
+    async fn audit_leaves(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<[u8; 32]>, BackendError>;
+    /// Stores a signed checkpoint (a checkpoint of the same size already stored is kept).
+    async fn audit_put_checkpoint(
+        &self,
+        log: &AuditScope,
+        row: &CheckpointRow,
+    ) -> Result<(), BackendError>;
+    /// The checkpoint of exactly `size` entries, or the latest one when `size` is `None`.
+    async fn audit_checkpoint(
+        &self,
+        log: &AuditScope,
+        size: Option<u64>,
+    ) -> Result<Option<CheckpointRow>, BackendError>;
+    /// Checkpoints with `size > after`, smallest first, at most `limit`.
+    async fn audit_checkpoints(
+        &self,
+        log: &AuditScope,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRow>, BackendError>;
+    /// Retention: deletes the entries with `seq < below`. The caller guarantees a checkpoint
+    /// of size `below` exists. Returns how many were deleted.
+    async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError>;
 }

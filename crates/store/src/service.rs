@@ -22,11 +22,13 @@ use bulkhead_core::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::audit::{Audit, AuditConfig, RequestMeta};
 use crate::port::{
-    CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry,
-    Scope, SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
+    AuditScope, CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow,
+    Registry, Scope, SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use crate::{BackendError, StoreError};
+use bulkhead_audit::{Actor, AuditKey, EntryBody, LogId, Outcome};
 
 /// How many times a write is retried when the collection changed under it.
 const STALE_RETRIES: usize = 4;
@@ -55,6 +57,7 @@ pub struct StoreConfig {
     /// Tiers defined in configuration. Tiers the operator defines through the API (stored in
     /// the database) take precedence over these, by name.
     pub tiers: BTreeMap<String, TierLimits>,
+    pub audit: AuditConfig,
 }
 
 /// The tiers every server knows unless configured otherwise.
@@ -83,6 +86,7 @@ impl Default for StoreConfig {
             feed_cache_ttl: Duration::from_secs(60),
             cache_capacity: 100_000,
             tiers: builtin_tiers(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -140,6 +144,7 @@ pub struct Store {
     tiers: parking_lot::RwLock<Arc<BTreeMap<String, TierLimits>>>,
     /// Recently read storage usage per tenant, for quota checks (see [`USAGE_TTL`]).
     usage: quick_cache::sync::Cache<TenantId, (Usage, Instant)>,
+    audit: Audit,
 }
 
 impl std::fmt::Debug for Store {
@@ -177,12 +182,18 @@ impl Store {
             })
             .await?
         };
+        let audit = Audit::new(
+            shared.clone(),
+            AuditKey::from_seed(&master.audit_signing_seed()),
+            cfg.audit.clone(),
+        );
         Ok(Self {
             registry,
             shared,
             master,
             tenants,
             feed,
+            audit,
             collections: quick_cache::sync::Cache::new(cap),
             tiers: parking_lot::RwLock::new(Arc::new(cfg.tiers.clone())),
             usage: quick_cache::sync::Cache::new(cap),
@@ -313,6 +324,37 @@ impl Store {
 
     pub fn registry(&self) -> &dyn Registry {
         self.registry.as_ref()
+    }
+
+    /// The audit service: recording, checkpoints, proofs.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// The caller's own audit log.
+    pub fn tenant_audit(&self, ctx: &TenantContext) -> AuditScope {
+        // INVARIANT: the log is the verified context's tenant's.
+        AuditScope::new(LogId::Tenant(ctx.tenant()))
+    }
+
+    /// Any audit log, for the operator plane (and the checkpointer and verifier). Callers
+    /// must have authenticated the operator; tenant paths use [`Store::tenant_audit`].
+    pub fn operator_audit(&self, log: LogId) -> AuditScope {
+        AuditScope::new(log)
+    }
+
+    /// Records an operator action on a tenant in that tenant's own log as well (so the tenant
+    /// sees what was done to it: creation, status changes, key rotation, offboarding's
+    /// tombstone). Operator paths only.
+    pub async fn operator_record_in_tenant_log(
+        &self,
+        tenant: TenantId,
+        action: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), StoreError> {
+        self.audit
+            .record_in_tenant_log(LogId::Tenant(tenant), action, Outcome::Success, meta)
+            .await
     }
 
     fn backend(&self, placement: &Placement) -> &Arc<dyn RecordBackend> {
@@ -615,6 +657,9 @@ impl Store {
         // INVARIANT: the scope's tenant is the verified context's tenant, and nothing else.
         Ok(TenantHandle {
             store: self,
+            actor: crate::audit::tenant_actor(ctx),
+            meta: RequestMeta::default(),
+            audit_scope: AuditScope::new(LogId::Tenant(id)),
             scope: Scope::new(id),
             // INVARIANT: every handle carries its tenant's storage quotas; writes check them.
             limits: self.limits_of(&state),
@@ -623,6 +668,33 @@ impl Store {
             backend: self.backend(&state.placement).clone(),
         })
     }
+}
+
+/// The outcome and reason class an error is recorded with.
+fn failure_class(e: &StoreError) -> (Outcome, &'static str) {
+    match e {
+        StoreError::NotFound => (Outcome::NotFound, ""),
+        StoreError::VersionMismatch { .. } => (Outcome::Conflict, "version"),
+        StoreError::IdempotencyConflict => (Outcome::Conflict, "idempotency-key"),
+        StoreError::Invalid(_) => (Outcome::Invalid, "schema"),
+        StoreError::Schema(_) => (Outcome::Invalid, "schema-definition"),
+        StoreError::Filter(_) => (Outcome::Invalid, "filter"),
+        StoreError::RecordTooLarge { .. } => (Outcome::Limited, "record-size"),
+        StoreError::TooDeep { .. } => (Outcome::Limited, "record-depth"),
+        StoreError::QuotaExceeded(_) => (Outcome::Limited, "quota"),
+        StoreError::BadLimits(_) => (Outcome::Invalid, "limits"),
+        StoreError::BadCursor => (Outcome::Invalid, "cursor"),
+        StoreError::NameTaken(_) => (Outcome::Conflict, "name"),
+        StoreError::TenantNotActive(_) => (Outcome::Denied, "tenant-status"),
+        StoreError::Unavailable(_) => (Outcome::Failed, "unavailable"),
+        StoreError::Integrity(_) => (Outcome::Failed, "integrity"),
+        StoreError::Internal(_) => (Outcome::Failed, "internal"),
+    }
+}
+
+/// The resource name of a record in audit entries.
+fn record_resource(name: &CollectionName, id: RecordId) -> String {
+    format!("collections/{name}/records/{id}")
 }
 
 fn now() -> Timestamp {
@@ -697,6 +769,12 @@ pub struct TenantHandle<'s> {
     store: &'s Store,
     scope: Scope,
     limits: TierLimits,
+    /// The caller, for audit entries (subject and roles from the verified token).
+    actor: Actor,
+    /// The request, for audit entries.
+    meta: RequestMeta,
+    /// The tenant's own audit log.
+    audit_scope: AuditScope,
     keys: Arc<TenantKeys>,
     backend: Arc<dyn RecordBackend>,
 }
@@ -777,6 +855,60 @@ impl TenantHandle<'_> {
         }
     }
 
+    /// Says which request the handle serves, for the audit entries it writes.
+    pub fn with_request(mut self, meta: RequestMeta) -> Self {
+        self.meta = meta;
+        self
+    }
+
+    fn entry(&self, action: &str, resource: &str, outcome: Outcome, reason: &str) -> EntryBody {
+        EntryBody::new(
+            now(),
+            self.actor.clone(),
+            action,
+            resource,
+            outcome,
+            &self.meta.request_id,
+            &self.meta.source,
+            reason,
+        )
+    }
+
+    /// The encoded entry of a data change, to commit with it (`None` with auditing off).
+    fn change_entry(&self, action: &str, resource: &str) -> Option<Vec<u8>> {
+        self.store
+            .audit
+            .enabled()
+            .then(|| self.entry(action, resource, Outcome::Success, "").encode())
+    }
+
+    /// Appends an entry for an access or a refused change, durably.
+    async fn note(
+        &self,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let body = self.entry(action, resource, outcome, reason);
+        self.store.audit.append(&self.audit_scope, &body).await
+    }
+
+    /// Records the failure of an operation and hands its error back. The failure entry is best
+    /// effort: the request fails either way.
+    async fn failed<T>(
+        &self,
+        action: &str,
+        resource: &str,
+        e: StoreError,
+    ) -> Result<T, StoreError> {
+        let (outcome, reason) = failure_class(&e);
+        if let Err(n) = self.note(action, resource, outcome, reason).await {
+            tracing::warn!(error = %n, "audit: cannot record a failed operation");
+        }
+        Err(e)
+    }
+
     fn definition_label(name: &CollectionName) -> [&[u8]; 2] {
         [b"collection", name.as_str().as_bytes()]
     }
@@ -854,6 +986,23 @@ impl TenantHandle<'_> {
     /// Creates or replaces a collection. Returns the collection and whether it was created.
     /// When the set of indexes changes, existing records are re-indexed before this returns.
     pub async fn put_collection(
+        &self,
+        name: &CollectionName,
+        schema: Value,
+        indexes: Vec<String>,
+    ) -> Result<(CollectionInfo, bool), StoreError> {
+        let resource = format!("collections/{name}");
+        match self.put_collection_inner(name, schema, indexes).await {
+            Ok(v) => {
+                self.note("collection.put", &resource, Outcome::Success, "")
+                    .await?;
+                Ok(v)
+            }
+            Err(e) => self.failed("collection.put", &resource, e).await,
+        }
+    }
+
+    async fn put_collection_inner(
         &self,
         name: &CollectionName,
         schema: Value,
@@ -953,6 +1102,17 @@ impl TenantHandle<'_> {
     }
 
     pub async fn list_collections(&self) -> Result<Vec<CollectionInfo>, StoreError> {
+        match self.list_collections_inner().await {
+            Ok(v) => {
+                self.note("collection.list", "collections", Outcome::Success, "")
+                    .await?;
+                Ok(v)
+            }
+            Err(e) => self.failed("collection.list", "collections", e).await,
+        }
+    }
+
+    async fn list_collections_inner(&self) -> Result<Vec<CollectionInfo>, StoreError> {
         let rows = self.backend.collections(&self.scope).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -973,8 +1133,15 @@ impl TenantHandle<'_> {
         &self,
         name: &CollectionName,
     ) -> Result<CollectionInfo, StoreError> {
-        let c = self.collection(name, true).await?;
-        Ok(self.info(name, &c))
+        let resource = format!("collections/{name}");
+        match self.collection(name, true).await {
+            Ok(c) => {
+                self.note("collection.read", &resource, Outcome::Success, "")
+                    .await?;
+                Ok(self.info(name, &c))
+            }
+            Err(e) => self.failed("collection.read", &resource, e).await,
+        }
     }
 
     fn check_limits(&self, data: &Value) -> Result<Vec<u8>, StoreError> {
@@ -1032,6 +1199,34 @@ impl TenantHandle<'_> {
     /// Creates a record. With an idempotency key, a repeat of the same request returns the
     /// first response and creates nothing; the same key with another request is refused.
     pub async fn create_record(
+        &self,
+        name: &CollectionName,
+        data: Value,
+        idem: Option<Idempotency<'_>>,
+    ) -> Result<Created, StoreError> {
+        match self.create_record_inner(name, data, idem).await {
+            Ok(c) => {
+                if c.replayed {
+                    // Not a change: an access to the record the first request created.
+                    let resource = record_resource(name, c.record.id);
+                    self.note(
+                        "record.create",
+                        &resource,
+                        Outcome::Success,
+                        "idempotent-replay",
+                    )
+                    .await?;
+                }
+                Ok(c)
+            }
+            Err(e) => {
+                let resource = format!("collections/{name}/records");
+                self.failed("record.create", &resource, e).await
+            }
+        }
+    }
+
+    async fn create_record_inner(
         &self,
         name: &CollectionName,
         data: Value,
@@ -1106,9 +1301,15 @@ impl TenantHandle<'_> {
                 index: self.tokens(name, &c.compiled, &data),
                 idempotency,
             };
-            match self.backend.insert(&self.scope, &row).await? {
+            let entry = self.change_entry("record.create", &record_resource(name, id));
+            match self
+                .backend
+                .insert(&self.scope, &row, entry.as_deref())
+                .await?
+            {
                 InsertOutcome::Inserted => {
                     self.count(1, i64::try_from(stored).unwrap_or(i64::MAX), 0);
+                    self.store.audit.mark(self.audit_scope.log());
                     return Ok(Created {
                         record,
                         replayed: false,
@@ -1142,16 +1343,42 @@ impl TenantHandle<'_> {
         name: &CollectionName,
         id: RecordId,
     ) -> Result<Record, StoreError> {
-        let row = self
-            .backend
-            .get(&self.scope, name, id)
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        self.to_record(&row)
+        let resource = record_resource(name, id);
+        // The access is on record (durably, with the read) before the record is returned.
+        let entry = self.change_entry("record.read", &resource);
+        let read = async {
+            let row = self
+                .backend
+                .get(&self.scope, name, id, entry.as_deref())
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            self.store.audit.mark(self.audit_scope.log());
+            self.to_record(&row)
+        };
+        match read.await {
+            Ok(r) => Ok(r),
+            Err(e) => self.failed("record.read", &resource, e).await,
+        }
     }
 
     /// Replaces a record's data if its current version is `expected`.
     pub async fn update_record(
+        &self,
+        name: &CollectionName,
+        id: RecordId,
+        data: Value,
+        expected: u64,
+    ) -> Result<Record, StoreError> {
+        match self.update_record_inner(name, id, data, expected).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.failed("record.update", &record_resource(name, id), e)
+                    .await
+            }
+        }
+    }
+
+    async fn update_record_inner(
         &self,
         name: &CollectionName,
         id: RecordId,
@@ -1194,8 +1421,14 @@ impl TenantHandle<'_> {
                 collection_version: c.row_version,
                 index: self.tokens(name, &c.compiled, &data),
             };
-            match self.backend.update(&self.scope, &row).await? {
+            let entry = self.change_entry("record.update", &record_resource(name, id));
+            match self
+                .backend
+                .update(&self.scope, &row, entry.as_deref())
+                .await?
+            {
                 WriteOutcome::Written { created_at } => {
+                    self.store.audit.mark(self.audit_scope.log());
                     return Ok(Record {
                         id,
                         version,
@@ -1223,13 +1456,25 @@ impl TenantHandle<'_> {
         id: RecordId,
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
-        match self.backend.delete(&self.scope, name, id, expected).await? {
-            WriteOutcome::Written { .. } => Ok(()),
-            WriteOutcome::NotFound | WriteOutcome::StaleCollection => Err(StoreError::NotFound),
-            WriteOutcome::VersionMismatch { current } => {
-                Err(StoreError::VersionMismatch { current })
+        let resource = record_resource(name, id);
+        let entry = self.change_entry("record.delete", &resource);
+        let out = match self
+            .backend
+            .delete(&self.scope, name, id, expected, entry.as_deref())
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => return self.failed("record.delete", &resource, e.into()).await,
+        };
+        let e = match out {
+            WriteOutcome::Written { .. } => {
+                self.store.audit.mark(self.audit_scope.log());
+                return Ok(());
             }
-        }
+            WriteOutcome::NotFound | WriteOutcome::StaleCollection => StoreError::NotFound,
+            WriteOutcome::VersionMismatch { current } => StoreError::VersionMismatch { current },
+        };
+        self.failed("record.delete", &resource, e).await
     }
 
     /// Lists records matching every `(field, value)` equality filter, in id order.
@@ -1239,6 +1484,24 @@ impl TenantHandle<'_> {
         filters: &[(String, String)],
         cursor: Option<&str>,
         limit: usize,
+    ) -> Result<Page, StoreError> {
+        let resource = format!("collections/{name}/records");
+        match self
+            .query_inner(name, filters, cursor, limit, &resource)
+            .await
+        {
+            Ok(p) => Ok(p),
+            Err(e) => self.failed("record.list", &resource, e).await,
+        }
+    }
+
+    async fn query_inner(
+        &self,
+        name: &CollectionName,
+        filters: &[(String, String)],
+        cursor: Option<&str>,
+        limit: usize,
+        resource: &str,
     ) -> Result<Page, StoreError> {
         let c = self.collection(name, false).await?;
         let mut tokens = Vec::with_capacity(filters.len());
@@ -1251,10 +1514,20 @@ impl TenantHandle<'_> {
             None => None,
         };
         let limit = limit.clamp(1, self.store.cfg.limits.max_page_size.max(1));
+        // The access is on record (durably, with the read) before the page is returned.
+        let entry = self.change_entry("record.list", resource);
         let mut rows = self
             .backend
-            .query(&self.scope, name, &tokens, after, limit.saturating_add(1))
+            .query(
+                &self.scope,
+                name,
+                &tokens,
+                after,
+                limit.saturating_add(1),
+                entry.as_deref(),
+            )
             .await?;
+        self.store.audit.mark(self.audit_scope.log());
         let more = rows.len() > limit;
         rows.truncate(limit);
         let items = rows

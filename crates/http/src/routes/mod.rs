@@ -1,5 +1,6 @@
 //! The API's routes, grouped by plane.
 
+pub mod audit;
 pub mod operator;
 pub mod public;
 pub mod tenant;

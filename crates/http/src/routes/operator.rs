@@ -18,6 +18,8 @@ use crate::auth::Operator;
 use crate::extract::{JsonBody, P, QueryPairs, parse_limit};
 use crate::problem::ApiError;
 use crate::state::AppState;
+use bulkhead_audit::Outcome;
+use bulkhead_core::TenantId;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -29,6 +31,27 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(put_tier))
         .routes(routes!(tenant_limits))
         .routes(routes!(metrics))
+}
+
+/// Records an operator action in the operator log and, when it concerns a tenant, in that
+/// tenant's log too; durably, before the response.
+async fn record(
+    st: &AppState,
+    op: &Operator,
+    action: &str,
+    resource: &str,
+    tenant: Option<TenantId>,
+) -> Result<(), ApiError> {
+    st.store
+        .audit()
+        .record_operator(action, resource, Outcome::Success, &op.0, "")
+        .await?;
+    if let Some(t) = tenant {
+        st.store
+            .operator_record_in_tenant_log(t, action, &op.0)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Most tenants one list page returns.
@@ -136,7 +159,7 @@ fn tier(st: &AppState, s: &str) -> Result<bulkhead_core::TierName, ApiError> {
     responses((status = 201, body = Tenant), (status = 400, body = Problem), (status = 409, body = Problem)),
     security(("operator_token" = [])))]
 async fn create_tenant(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     body: JsonBody<CreateTenant>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
@@ -146,6 +169,14 @@ async fn create_tenant(
     let alg = signing_alg(b.signing_alg.as_deref())?;
     let t = st.store.create_tenant(name, tier, alg).await?;
     tracing::info!(tenant = %t.id, tier = %t.tier, "tenant created");
+    record(
+        &st,
+        &op,
+        "tenant.create",
+        &format!("tenants/{}", t.id),
+        Some(t.id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(t)))
 }
 
@@ -155,7 +186,7 @@ async fn create_tenant(
     responses((status = 200, body = TenantList), (status = 400, body = Problem)),
     security(("operator_token" = [])))]
 async fn list_tenants(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     QueryPairs(q): QueryPairs,
 ) -> Result<Json<TenantList>, ApiError> {
@@ -177,6 +208,7 @@ async fn list_tenants(
         }
     }
     let mut items = st.store.list_tenants(after, limit + 1).await?;
+    record(&st, &op, "tenant.list", "tenants", None).await?;
     let more = items.len() > limit;
     items.truncate(limit);
     let next_cursor = if more {
@@ -192,11 +224,13 @@ async fn list_tenants(
     responses((status = 200, body = Tenant), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
 async fn get_tenant(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     P(id): P<String>,
 ) -> Result<Json<Tenant>, ApiError> {
-    Ok(Json(st.store.get_tenant(tenant_id(&id)?).await?))
+    let t = st.store.get_tenant(tenant_id(&id)?).await?;
+    record(&st, &op, "tenant.read", &format!("tenants/{}", t.id), None).await?;
+    Ok(Json(t))
 }
 
 /// Suspends or resumes a tenant, changes its tier, or sets its own limit overrides. A new
@@ -206,7 +240,7 @@ async fn get_tenant(
     responses((status = 200, body = Tenant), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
 async fn patch_tenant(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     P(id): P<String>,
     body: JsonBody<PatchTenant>,
@@ -233,6 +267,12 @@ async fn patch_tenant(
         .update_tenant(id, TenantPatch { status, tier })
         .await?;
     tracing::info!(tenant = %t.id, status = t.status.as_str(), tier = %t.tier, "tenant updated");
+    let action = match status {
+        Some(TenantStatus::Suspended) => "tenant.suspend",
+        Some(TenantStatus::Active) => "tenant.resume",
+        _ => "tenant.update",
+    };
+    record(&st, &op, action, &format!("tenants/{}", t.id), Some(t.id)).await?;
     Ok(Json(t))
 }
 
@@ -242,13 +282,22 @@ async fn patch_tenant(
     responses((status = 204, description = "Offboarded"), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
 async fn delete_tenant(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     P(id): P<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = tenant_id(&id)?;
     let purged = st.store.offboard(id).await?;
     tracing::info!(tenant = %id, purged_records = purged, "tenant offboarded");
+    // The tenant's log keeps its entries and checkpoints; this entry is its tombstone.
+    record(
+        &st,
+        &op,
+        "tenant.offboard",
+        &format!("tenants/{id}"),
+        Some(id),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -258,7 +307,7 @@ async fn delete_tenant(
     responses((status = 201, body = MintedToken), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
 async fn mint_token(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     P(id): P<String>,
     body: JsonBody<MintToken>,
@@ -302,6 +351,15 @@ async fn mint_token(
             ApiError::Internal
         })?;
     tracing::info!(tenant = %id, kid = %key.public().kid, ttl, "token minted");
+    // The token itself is never recorded: its key id and the request are.
+    record(
+        &st,
+        &op,
+        "token.mint",
+        &format!("tenants/{id}/keys/{}", key.public().kid),
+        Some(id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(MintedToken { token, expires_at })))
 }
 
@@ -312,7 +370,7 @@ async fn mint_token(
     responses((status = 201, description = "The new public key as a JWK", body = Object), (status = 404, body = Problem)),
     security(("operator_token" = [])))]
 async fn rotate_key(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     P(id): P<String>,
     body: JsonBody<RotateKey>,
@@ -321,6 +379,14 @@ async fn rotate_key(
     let alg = signing_alg(body.value.alg.as_deref())?;
     let key = st.store.rotate_signing_key(id, alg).await?;
     tracing::info!(tenant = %id, kid = %key.kid, "signing key rotated");
+    record(
+        &st,
+        &op,
+        "key.rotate",
+        &format!("tenants/{id}/keys/{}", key.kid),
+        Some(id),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(key.to_jwk())))
 }
 

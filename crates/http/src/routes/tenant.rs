@@ -51,8 +51,8 @@ pub struct UsageReport {
     responses((status = 200, body = UsageReport), (status = 401, body = Problem), (status = 429, body = Problem)),
     security(("tenant_token" = [])))]
 async fn usage(caller: Caller, State(st): State<AppState>) -> Result<Json<UsageReport>, ApiError> {
-    let ctx = &caller.0;
-    let handle = st.store.tenant(ctx).await?;
+    let ctx = &caller.ctx;
+    let handle = caller.tenant().await?;
     let usage = handle.usage().await?;
     let tier = st
         .store
@@ -97,12 +97,9 @@ pub struct RecordBody {
 #[utoipa::path(get, path = "/v1/collections", tag = "collections",
     responses((status = 200, body = CollectionList), (status = 401, body = Problem)),
     security(("tenant_token" = [])))]
-async fn list_collections(
-    caller: Caller,
-    State(st): State<AppState>,
-) -> Result<Json<CollectionList>, ApiError> {
-    let ctx = caller.require(Action::ListCollections)?;
-    let items = st.store.tenant(ctx).await?.list_collections().await?;
+async fn list_collections(caller: Caller) -> Result<Json<CollectionList>, ApiError> {
+    caller.require(Action::ListCollections).await?;
+    let items = caller.tenant().await?.list_collections().await?;
     Ok(Json(CollectionList { items }))
 }
 
@@ -118,16 +115,14 @@ async fn list_collections(
     security(("tenant_token" = [])))]
 async fn put_collection(
     caller: Caller,
-    State(st): State<AppState>,
     P(name): P<String>,
     body: JsonBody<PutCollection>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
-    let ctx = caller.require(Action::ManageCollection)?;
+    caller.require(Action::ManageCollection).await?;
     let name = collection_name(&name)?;
     let PutCollection { schema, indexes } = body.value;
-    let (info, created) = st
-        .store
-        .tenant(ctx)
+    let (info, created) = caller
+        .tenant()
         .await?
         .put_collection(&name, schema, indexes)
         .await?;
@@ -149,14 +144,11 @@ async fn put_collection(
     security(("tenant_token" = [])))]
 async fn get_collection(
     caller: Caller,
-    State(st): State<AppState>,
     P(name): P<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
-    let ctx = caller.require(Action::ListCollections)?;
+    caller.require(Action::ListCollections).await?;
     let name = collection_name(&name)?;
-    Ok(Json(
-        st.store.tenant(ctx).await?.get_collection(&name).await?,
-    ))
+    Ok(Json(caller.tenant().await?.get_collection(&name).await?))
 }
 
 fn etag(version: u64) -> HeaderValue {
@@ -226,21 +218,19 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     security(("tenant_token" = [])))]
 async fn create_record(
     caller: Caller,
-    State(st): State<AppState>,
     P(name): P<String>,
     headers: HeaderMap,
     body: JsonBody<RecordBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = caller.require(Action::WriteRecord)?;
+    caller.require(Action::WriteRecord).await?;
     let name = collection_name(&name)?;
     let key = idempotency_key(&headers)?;
     let idem = key.map(|key| Idempotency {
         key,
         body_digest: Sha256::digest(&body.raw).into(),
     });
-    let created = st
-        .store
-        .tenant(ctx)
+    let created = caller
+        .tenant()
         .await?
         .create_record(&name, body.value.data, idem)
         .await?;
@@ -270,7 +260,7 @@ async fn list_records(
     P(name): P<String>,
     QueryPairs(query): QueryPairs,
 ) -> Result<Json<Page>, ApiError> {
-    let ctx = caller.require(Action::ListRecords)?;
+    caller.require(Action::ListRecords).await?;
     let name = collection_name(&name)?;
     let max = st.store.config().limits.max_page_size;
     let (mut limit, mut cursor, mut filters) = (100.min(max), None, Vec::new());
@@ -289,9 +279,8 @@ async fn list_records(
             },
         }
     }
-    let page = st
-        .store
-        .tenant(ctx)
+    let page = caller
+        .tenant()
         .await?
         .query(&name, &filters, cursor.as_deref(), limit)
         .await?;
@@ -305,12 +294,11 @@ async fn list_records(
     security(("tenant_token" = [])))]
 async fn get_record(
     caller: Caller,
-    State(st): State<AppState>,
     P((name, id)): P<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let ctx = caller.require(Action::ReadRecord)?;
+    caller.require(Action::ReadRecord).await?;
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
-    let record = st.store.tenant(ctx).await?.get_record(&name, id).await?;
+    let record = caller.tenant().await?.get_record(&name, id).await?;
     Ok(record_response(StatusCode::OK, &record))
 }
 
@@ -323,15 +311,14 @@ async fn get_record(
     security(("tenant_token" = [])))]
 async fn put_record(
     caller: Caller,
-    State(st): State<AppState>,
     P((name, id)): P<(String, String)>,
     headers: HeaderMap,
     body: JsonBody<RecordBody>,
 ) -> Result<Response, ApiError> {
-    let ctx = caller.require(Action::WriteRecord)?;
+    caller.require(Action::WriteRecord).await?;
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
     let versions = if_match(&headers)?.ok_or(ApiError::PreconditionRequired)?;
-    let h = st.store.tenant(ctx).await?;
+    let h = caller.tenant().await?;
     // With several candidate versions, the one the record is at (if any) is the one to write.
     let expected = match versions.as_slice() {
         [one] => *one,
@@ -356,11 +343,10 @@ async fn put_record(
     security(("tenant_token" = [])))]
 async fn delete_record(
     caller: Caller,
-    State(st): State<AppState>,
     P((name, id)): P<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let ctx = caller.require(Action::DeleteRecord)?;
+    caller.require(Action::DeleteRecord).await?;
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
     let expected = match if_match(&headers)? {
         None => None,
@@ -371,8 +357,8 @@ async fn delete_record(
             ));
         }
     };
-    st.store
-        .tenant(ctx)
+    caller
+        .tenant()
         .await?
         .delete_record(&name, id, expected)
         .await?;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bulkhead_audit::LogId;
 use bulkhead_core::{CollectionName, RecordId, TenantId};
-use bulkhead_store::contract::Harness;
+use bulkhead_store::contract::{AuditTamper, Harness};
 use bulkhead_store::port::{RecordBackend, Registry};
 use bulkhead_store_postgres::PostgresStore;
 use futures::StreamExt;
@@ -344,5 +345,98 @@ impl<const POOL: usize, const DELAY_MS: u64> Harness for Pg<POOL, DELAY_MS> {
             }
         }
         bytes
+    }
+
+    async fn raw_audit_tamper(&self, log: LogId, tamper: AuditTamper) {
+        // As the superuser: no RLS, no grants in the way.
+        let (entries, checkpoints) = match log {
+            LogId::Operator => ("audit_operator_entries", "audit_operator_checkpoints"),
+            LogId::Tenant(_) => ("audit_entries", "audit_checkpoints"),
+        };
+        let id = uuid::Uuid::from_bytes(log.to_bytes());
+        let row = |seq: u64| async move {
+            let r = self
+                .admin
+                .query_one(
+                    &format!("SELECT body, leaf FROM {entries} WHERE tenant_id = $1 AND seq = $2"),
+                    &[&id, &(seq as i64)],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1))
+        };
+        let set = |seq: u64, body: Vec<u8>, leaf: Vec<u8>| async move {
+            let n = self
+                .admin
+                .execute(
+                    &format!(
+                        "UPDATE {entries} SET body = $3, leaf = $4 WHERE tenant_id = $1 AND seq = $2"
+                    ),
+                    &[&id, &(seq as i64), &body, &leaf],
+                )
+                .await
+                .unwrap();
+            assert_eq!(n, 1);
+        };
+        match tamper {
+            AuditTamper::FlipBodyByte { seq } => {
+                let (mut body, leaf) = row(seq).await;
+                body[0] ^= 1;
+                set(seq, body, leaf).await;
+            }
+            AuditTamper::Delete { seq } => {
+                let n = self
+                    .admin
+                    .execute(
+                        &format!("DELETE FROM {entries} WHERE tenant_id = $1 AND seq = $2"),
+                        &[&id, &(seq as i64)],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+            AuditTamper::Swap { a, b } => {
+                let (ba, la) = row(a).await;
+                let (bb, lb) = row(b).await;
+                set(a, bb, lb).await;
+                set(b, ba, la).await;
+            }
+            AuditTamper::TruncateFrom { seq } => {
+                let n = self
+                    .admin
+                    .execute(
+                        &format!("DELETE FROM {entries} WHERE tenant_id = $1 AND seq >= $2"),
+                        &[&id, &(seq as i64)],
+                    )
+                    .await
+                    .unwrap();
+                assert!(n > 0);
+            }
+            AuditTamper::FlipSignature { size } => {
+                let r = self
+                    .admin
+                    .query_one(
+                        &format!(
+                            "SELECT signature FROM {checkpoints} WHERE tenant_id = $1 AND size = $2"
+                        ),
+                        &[&id, &(size as i64)],
+                    )
+                    .await
+                    .unwrap();
+                let mut sig: Vec<u8> = r.get(0);
+                sig[0] ^= 1;
+                let n = self
+                    .admin
+                    .execute(
+                        &format!(
+                            "UPDATE {checkpoints} SET signature = $3 WHERE tenant_id = $1 AND size = $2"
+                        ),
+                        &[&id, &(size as i64), &sig],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(n, 1);
+            }
+        }
     }
 }
