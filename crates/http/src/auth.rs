@@ -203,14 +203,17 @@ pub(crate) fn bearer_in(headers: &axum::http::HeaderMap) -> Result<&str, ApiErro
 
 /// Where a request came from, for audit entries: its request id and the client's address.
 pub fn request_meta(parts: &Parts) -> RequestMeta {
-    let request_id = parts
-        .headers
+    request_meta_of(&parts.headers, &parts.extensions)
+}
+
+/// [`request_meta`] from a request's headers and extensions.
+pub fn request_meta_of(headers: &http::HeaderMap, extensions: &http::Extensions) -> RequestMeta {
+    let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let source = parts
-        .extensions
+    let source = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_string())
         .unwrap_or_default();

@@ -74,6 +74,40 @@ pub struct Isolation {
     /// Per-tenant queues in front of the handlers when the server is saturated.
     pub fair: FairQueue,
     pub metrics: TenantMetrics,
+    /// When each tenant's last limit event of each kind went to its audit log.
+    limit_events: LimitEventGate,
+}
+
+/// Which limit events reach the audit log: the first of each kind (rate, concurrency, shed) per
+/// tenant per [`LIMIT_EVENT_PERIOD`]. Recording every refused request durably would make a
+/// flood write to the audit log at the flood's rate — the audit log would become the noisy
+/// neighbour. Every refusal is still counted in `/metrics`.
+#[derive(Debug)]
+struct LimitEventGate {
+    last: quick_cache::sync::Cache<(bulkhead_core::TenantId, &'static str), Instant>,
+}
+
+/// At most one audit entry per tenant and kind of limit event in this period.
+pub(crate) const LIMIT_EVENT_PERIOD: Duration = Duration::from_secs(1);
+
+impl LimitEventGate {
+    fn new() -> Self {
+        Self {
+            last: quick_cache::sync::Cache::new(100_000),
+        }
+    }
+
+    /// Whether this event is the first of its kind for `tenant` in the period.
+    fn admit(&self, tenant: bulkhead_core::TenantId, kind: &'static str) -> bool {
+        let now = Instant::now();
+        match self.last.get(&(tenant, kind)) {
+            Some(at) if now.duration_since(at) < LIMIT_EVENT_PERIOD => false,
+            _ => {
+                self.last.insert((tenant, kind), now);
+                true
+            }
+        }
+    }
 }
 
 impl Isolation {
@@ -108,6 +142,7 @@ impl Isolation {
             shared,
             limiter,
             metrics,
+            limit_events: LimitEventGate::new(),
         }
     }
 
@@ -164,6 +199,52 @@ pub(crate) fn spawn_background(state: &AppState) {
     });
 }
 
+/// Appends a limit event to the tenant's audit log (durably, before the refusal is sent), if
+/// it is the first of its kind for the tenant in [`LIMIT_EVENT_PERIOD`]. An audit failure is
+/// logged: the request is refused either way.
+fn record_limit_event<'a>(
+    st: &'a AppState,
+    ctx: &'a TenantContext,
+    req: &Request,
+    kind: &'static str,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    // What the entry needs from the request is taken now: the request is not `Sync`, so it
+    // cannot be held across the append.
+    let wanted =
+        st.store.audit().enabled() && st.isolation.limit_events.admit(ctx.tenant(), kind);
+    let meta = crate::auth::request_meta_of(req.headers(), req.extensions());
+    let action = format!("{} {}", req.method(), req.uri().path());
+    async move {
+        if wanted {
+            limit_event(st, ctx, kind, meta, action).await;
+        }
+    }
+}
+
+async fn limit_event(
+    st: &AppState,
+    ctx: &TenantContext,
+    kind: &'static str,
+    meta: bulkhead_store::RequestMeta,
+    action: String,
+) {
+    if let Err(e) = st
+        .store
+        .audit()
+        .record(
+            ctx,
+            "limit",
+            &action,
+            bulkhead_audit::Outcome::Limited,
+            &meta,
+            kind,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "audit: cannot record a limit event");
+    }
+}
+
 /// The middleware: verify, admit (or refuse with 429), run, count.
 pub(crate) async fn isolate(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -213,6 +294,11 @@ pub(crate) async fn isolate(State(st): State<AppState>, mut req: Request, next: 
                     ),
                 };
                 tracing::debug!(tenant = %tenant, reason = ?outcome, "throttled");
+                let kind = match outcome {
+                    Outcome::ThrottledRate => "rate",
+                    _ => "concurrency",
+                };
+                record_limit_event(&st, &ctx, &req, kind).await;
                 let mut resp = err.into_response();
                 policy.apply(&mut resp, rate.as_ref());
                 series.record(outcome, started.elapsed());
@@ -235,6 +321,7 @@ pub(crate) async fn isolate(State(st): State<AppState>, mut req: Request, next: 
             Ok(t) => Some(t),
             Err(_) => {
                 tracing::debug!(tenant = %tenant, "shed");
+                record_limit_event(&st, &ctx, &req, "shed").await;
                 let mut resp = ApiError::Shed(1).into_response();
                 policy.apply(&mut resp, admission.as_ref().map(|a| &a.rate));
                 series.record(Outcome::Shed, started.elapsed());

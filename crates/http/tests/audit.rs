@@ -24,6 +24,7 @@ both_backends!(
     tenant_reads_its_own_log_and_proofs,
     tenant_audit_endpoints_are_isolated,
     denials_and_refused_tokens_are_recorded,
+    limit_events_are_recorded_once_per_period,
     operator_reads_any_log,
 );
 
@@ -223,6 +224,64 @@ async fn denials_and_refused_tokens_are_recorded(backend: Backend) {
     assert_eq!(items[0]["outcome"], "rejected");
     assert_eq!(items[0]["reason"], "malformed");
     assert!(!String::from_utf8_lossy(&op.raw).contains("not-a-token"));
+}
+
+async fn limit_events_are_recorded_once_per_period(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = app
+        .call(
+            "PUT",
+            "/v1/tiers/trickle",
+            Some(ADMIN),
+            Some(serde_json::json!({"rate_per_second": 0.01, "burst": 1})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let (limited, limited_admin) = app.tenant_with_notes("limited").await;
+    let (_, other_admin) = app.tenant_with_notes("other").await;
+    let r = app
+        .call(
+            "PATCH",
+            &format!("/v1/tenants/{limited}"),
+            Some(ADMIN),
+            Some(serde_json::json!({"tier": "trickle"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The first request fits the burst; the next five are refused within the period.
+    let reader = app.token(limited, &["reader"]).await;
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..6 {
+            out.push(app.get("/v1/collections/notes/records", &reader).await.status);
+        }
+        out
+    };
+    assert_eq!(statuses[0], 200, "{statuses:?}");
+    assert!(statuses[1..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Five refusals, one entry: a flood cannot make the audit log write at its rate.
+    checkpoint_now(&app).await;
+    let page = app
+        .get(&format!("/v1/audit/logs/{limited}?action=limit"), ADMIN)
+        .await;
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    let limits = page.body["items"].as_array().unwrap();
+    assert_eq!(limits.len(), 1, "{:?}", page.body);
+    assert_eq!(limits[0]["outcome"], "limited");
+    assert_eq!(limits[0]["reason"], "rate");
+    assert!(
+        limits[0]["resource"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/collections/notes/records")
+    );
+    // Twin: a tenant within its limits has no limit event in its log.
+    let page = app.get("/v1/audit?action=limit", &other_admin).await;
+    assert_eq!(page.status, 200, "{:?}", page.body);
+    assert!(actions(&page.body).is_empty(), "{:?}", page.body);
+    drop(limited_admin);
 }
 
 async fn operator_reads_any_log(backend: Backend) {
