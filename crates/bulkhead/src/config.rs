@@ -41,6 +41,38 @@ pub struct Config {
     pub tiers: Vec<String>,
     /// A request still running after this many seconds is abandoned with 503.
     pub request_timeout_seconds: u64,
+    pub policy: PolicyConfig,
+}
+
+/// The policy engine (see docs/policies.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Decide tenant requests with Cedar policies. `false`: the built-in role rules only
+    /// (no tenant policies, no field masking); meant for comparison benchmarks.
+    pub enabled: bool,
+    /// Directory of platform policy files (`*.cedar`), added to the built-in defaults and
+    /// reloaded when they change. `--policy-dir` sets it too.
+    pub dir: Option<PathBuf>,
+    /// Seconds between checks of `dir` for changes.
+    pub reload_seconds: u64,
+    /// Most tenants' policy sets kept built in memory.
+    pub cache_capacity: usize,
+    /// Seconds a tenant's policy set is trusted before its stored policies are read again
+    /// (how long a change made on another instance takes to apply here).
+    pub cache_ttl_seconds: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            reload_seconds: 2,
+            cache_capacity: 10_000,
+            cache_ttl_seconds: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +144,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             tiers: vec!["free".into(), "standard".into(), "enterprise".into()],
             request_timeout_seconds: 30,
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -180,6 +213,7 @@ const ENV_KEYS: &[&str] = &[
     "storage",
     "tiers",
     "request_timeout_seconds",
+    "policy",
 ];
 
 impl Config {
@@ -232,6 +266,9 @@ impl Config {
         }
         for t in &self.tiers {
             bulkhead_core::TierName::parse(t).map_err(|e| anyhow::anyhow!("tiers: {e}"))?;
+        }
+        if self.policy.reload_seconds == 0 {
+            anyhow::bail!("policy.reload_seconds must be at least 1");
         }
         if !self.tiers.iter().any(|t| t == "standard") {
             anyhow::bail!("tiers must include `standard` (the default tier)");

@@ -81,14 +81,18 @@ impl Roles {
             .collect()
     }
 
-    /// Decides whether these roles allow `action`. Anything not granted is denied.
+    /// Decides whether these roles allow `action` with the built-in role rules (the fallback
+    /// when the policy engine is switched off). Anything not granted is denied.
     pub fn decide(&self, action: Action) -> Decision {
+        use Action::*;
         let allowed = match action {
-            Action::ReadRecord | Action::ListRecords | Action::ListCollections => {
+            ReadRecord | ListRecords | ListCollections | ReadCollection => {
                 self.admin || self.member || self.reader
             }
-            Action::WriteRecord | Action::DeleteRecord => self.admin || self.member,
-            Action::ManageCollection => self.admin,
+            CreateRecord | UpdateRecord | DeleteRecord => self.admin || self.member,
+            ManageCollection | ReadPolicies | ManagePolicies => self.admin,
+            // Without the policy engine every caller sees every field.
+            ReadField => true,
         };
         if allowed {
             Decision::Allow
@@ -98,28 +102,72 @@ impl Roles {
     }
 }
 
-/// What a tenant-plane request wants to do.
+/// What a tenant-plane request wants to do. Each is a Cedar action of the same name
+/// (`Bulkhead::Action::"record:read"`, …); see `docs/policies.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     ReadRecord,
     ListRecords,
-    WriteRecord,
+    CreateRecord,
+    UpdateRecord,
     DeleteRecord,
     ListCollections,
+    ReadCollection,
     ManageCollection,
+    ReadPolicies,
+    ManagePolicies,
+    /// Seeing a field of a given classification in a record.
+    ReadField,
 }
 
 impl Action {
-    /// The name used in problem responses and audit entries.
+    /// Every action, in a stable order.
+    pub const ALL: [Action; 11] = [
+        Action::ReadRecord,
+        Action::ListRecords,
+        Action::CreateRecord,
+        Action::UpdateRecord,
+        Action::DeleteRecord,
+        Action::ListCollections,
+        Action::ReadCollection,
+        Action::ManageCollection,
+        Action::ReadPolicies,
+        Action::ManagePolicies,
+        Action::ReadField,
+    ];
+
+    /// The name used in policies, problem responses and audit entries.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::ReadRecord => "record:read",
             Action::ListRecords => "record:list",
-            Action::WriteRecord => "record:write",
+            Action::CreateRecord => "record:create",
+            Action::UpdateRecord => "record:update",
             Action::DeleteRecord => "record:delete",
             Action::ListCollections => "collection:list",
+            Action::ReadCollection => "collection:read",
             Action::ManageCollection => "collection:manage",
+            Action::ReadPolicies => "policy:read",
+            Action::ManagePolicies => "policy:manage",
+            Action::ReadField => "field:read",
         }
+    }
+
+    /// Parses an action name as [`Action::as_str`] prints it.
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Whether the action changes tenant data or configuration.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Action::CreateRecord
+                | Action::UpdateRecord
+                | Action::DeleteRecord
+                | Action::ManageCollection
+                | Action::ManagePolicies
+        )
     }
 }
 
@@ -149,12 +197,12 @@ mod tests {
     #[test]
     fn role_matrix() {
         use Action::*;
-        for a in [ReadRecord, ListRecords, ListCollections] {
+        for a in [ReadRecord, ListRecords, ListCollections, ReadCollection] {
             check(&[Role::Reader], a, true);
             check(&[Role::Member], a, true);
             check(&[Role::Admin], a, true);
         }
-        for a in [WriteRecord, DeleteRecord] {
+        for a in [CreateRecord, UpdateRecord, DeleteRecord] {
             check(&[Role::Reader], a, false);
             check(&[Role::Member], a, true);
             check(&[Role::Admin], a, true);
@@ -162,7 +210,14 @@ mod tests {
         check(&[Role::Reader], ManageCollection, false);
         check(&[Role::Member], ManageCollection, false);
         check(&[Role::Admin], ManageCollection, true);
-        check(&[Role::Reader, Role::Member], WriteRecord, true);
+        for a in [ReadPolicies, ManagePolicies] {
+            check(&[Role::Member], a, false);
+            check(&[Role::Admin], a, true);
+        }
+        check(&[Role::Reader, Role::Member], CreateRecord, true);
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
         assert_eq!(Roles::from_slice(&[]), None);
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use bulkhead_core::role::{Action, Decision};
 use bulkhead_core::token::{TokenError, Verifier};
 use bulkhead_core::{TenantContext, TenantStatus, Timestamp};
 use bulkhead_store::Store;
@@ -186,15 +185,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
 pub struct Caller(pub Arc<TenantContext>);
 
 impl Caller {
-    /// Allows the request to go on only if the caller's roles allow `action`.
-    pub fn require(&self, action: Action) -> Result<&TenantContext, ApiError> {
-        match self.0.decide(action) {
-            Decision::Allow => Ok(&self.0),
-            Decision::Deny { action } => {
-                tracing::info!(action = action.as_str(), "denied");
-                Err(ApiError::Forbidden(action.as_str()))
-            }
-        }
+    /// The verified context. What it may do is decided by `crate::policy::authorize`.
+    pub fn ctx(&self) -> &TenantContext {
+        &self.0
     }
 }
 

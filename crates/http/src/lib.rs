@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod extract;
+pub mod policy;
 pub mod problem;
 pub mod routes;
 pub mod state;
@@ -44,6 +45,8 @@ use crate::problem::ApiError;
         (name = "tenants", description = "Operator plane: the tenant registry, tokens and keys"),
         (name = "collections", description = "Tenant plane: collection definitions"),
         (name = "records", description = "Tenant plane: encrypted, schema-validated records"),
+        (name = "policies", description = "Tenant plane: Cedar policies (versions, rollback, dry runs)"),
+        (name = "platform", description = "Operator plane: platform policies"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -77,6 +80,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::public::router())
         .merge(routes::operator::router())
         .merge(routes::tenant::router())
+        .merge(routes::policies::router())
         .split_for_parts()
 }
 

@@ -8,6 +8,7 @@ use bulkhead_core::token::Verifier;
 use bulkhead_store::Store;
 
 use crate::auth::{Authenticator, OperatorCredential};
+use crate::policy::PolicyMode;
 
 /// Settings of the HTTP edge, resolved from configuration at start.
 #[derive(Debug, Clone)]
@@ -20,6 +21,14 @@ pub struct HttpConfig {
     pub token_cache_capacity: usize,
     /// A request still running after this long is abandoned with 503.
     pub request_timeout: std::time::Duration,
+    /// Decide tenant requests with the Cedar policy engine (`true`, the default) or with the
+    /// built-in role rules only (`false`: no tenant policies, no field masking; for
+    /// comparison benchmarks).
+    pub policies: bool,
+    /// The policy engine's per-tenant cache.
+    pub policy_engine: bulkhead_policy::EngineConfig,
+    /// The directory of platform policy files (`*.cedar`), if any.
+    pub policy_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -32,6 +41,9 @@ impl Default for HttpConfig {
             default_token_ttl_secs: 3600,
             token_cache_capacity: 100_000,
             request_timeout: std::time::Duration::from_secs(30),
+            policies: true,
+            policy_engine: bulkhead_policy::EngineConfig::default(),
+            policy_dir: None,
         }
     }
 }
@@ -53,6 +65,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub operator: Arc<OperatorCredential>,
     pub config: Arc<HttpConfig>,
+    /// The policy decision point every tenant request goes through.
+    pub policy: Arc<PolicyMode>,
 }
 
 impl AppState {
@@ -81,11 +95,13 @@ impl AppState {
     ) -> Self {
         let auth =
             Authenticator::with_clock(store.clone(), verifier, config.token_cache_capacity, clock);
+        let policy = PolicyMode::from_config(&config);
         Self {
             store,
             auth: Arc::new(auth),
             operator: Arc::new(operator),
             config: Arc::new(config),
+            policy: Arc::new(policy),
         }
     }
 }

@@ -409,6 +409,12 @@ async fn openapi_documents_every_route(backend: Backend) {
         "/v1/collections/{name}",
         "/v1/collections/{name}/records",
         "/v1/collections/{name}/records/{id}",
+        "/v1/policies",
+        "/v1/policies/versions",
+        "/v1/policies/rollback",
+        "/v1/policies/check",
+        "/v1/platform/policies",
+        "/v1/platform/policies/reload",
     ]
     .into_iter()
     .collect();

@@ -33,6 +33,7 @@
 
 mod conn;
 mod migrate;
+mod policy;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -41,8 +42,8 @@ use async_trait::async_trait;
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, TierName};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordBackend, RecordRow, Registry, Scope,
-    SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
+    CollectionRow, IndexToken, InsertOutcome, InsertRow, PolicyRow, RecordBackend, RecordRow,
+    Registry, Scope, SigningKeyRow, TenantPatch, TenantRow, UpdateRow, WriteOutcome,
 };
 use deadpool_postgres::Pool;
 use uuid::Uuid;
@@ -561,6 +562,19 @@ impl RecordBackend for PostgresStore {
             }
         };
         rows.iter().map(sql::record).collect()
+    }
+
+    // Tenant policies: see `policy.rs`.
+    async fn insert_policy(&self, s: &Scope, row: &PolicyRow) -> Result<bool, BackendError> {
+        self.pg_insert_policy(s, row).await
+    }
+
+    async fn policies(&self, s: &Scope) -> Result<Vec<PolicyRow>, BackendError> {
+        self.pg_policies(s).await
+    }
+
+    async fn latest_policy(&self, s: &Scope) -> Result<Option<PolicyRow>, BackendError> {
+        self.pg_latest_policy(s).await
     }
 
     async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {

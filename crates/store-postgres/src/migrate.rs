@@ -11,8 +11,14 @@ use tokio_postgres::NoTls;
 use crate::conn::map;
 
 /// Every migration: version, name, SQL. Versions only grow; applied files are never edited.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        3,
+        "policies",
+        include_str!("../migrations/0003_policies.sql"),
+    ),
+];
 
 /// The advisory lock key migrations hold (an arbitrary constant: "bulkhead" in ASCII).
 const LOCK_KEY: i64 = 0x6275_6c6b_6865_6164;

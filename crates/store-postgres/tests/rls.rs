@@ -23,14 +23,20 @@ use common::{Pg, RoleDb, TestDb, TestRole, test_url};
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 
-const TENANT_TABLES: [&str; 4] = ["collections", "records", "record_index", "idempotency"];
+const TENANT_TABLES: [&str; 5] = [
+    "collections",
+    "records",
+    "record_index",
+    "idempotency",
+    "policies",
+];
 
 fn users() -> CollectionName {
     CollectionName::parse("users").unwrap()
 }
 
 /// Onboards a tenant with a `users` collection holding one record (with an index entry and an
-/// idempotency entry), so that it has rows in every tenant-owned table.
+/// idempotency entry) and a policy version, so that it has rows in every tenant-owned table.
 async fn tenant_with_rows<const P: usize>(env: &Env<Pg<P>>) -> TenantContext {
     let ctx = env.tenant(&[Role::Admin]).await;
     let h = env.store.tenant(&ctx).await.unwrap();
@@ -48,6 +54,13 @@ async fn tenant_with_rows<const P: usize>(env: &Env<Pg<P>>) -> TenantContext {
             key: "k",
             body_digest: [1; 32],
         }),
+    )
+    .await
+    .unwrap();
+    h.put_policy(
+        "// no tenant policies yet".into(),
+        &bulkhead_core::Subject::parse("admin").unwrap(),
+        None,
     )
     .await
     .unwrap();
@@ -85,6 +98,10 @@ fn insert_sql(table: &str) -> &'static str {
         "idempotency" => {
             "INSERT INTO idempotency (tenant_id, key, request, response, expires_at)
              VALUES ($1, '\\x01', '\\x00', '\\x00', 0)"
+        }
+        "policies" => {
+            "INSERT INTO policies (tenant_id, version, sealed, created_at)
+             VALUES ($1, 1000, '\\x00', 0)"
         }
         other => panic!("no insert for `{other}`"),
     }
@@ -250,9 +267,13 @@ async fn with_no_tenant_set_tables_read_empty_and_refuse_writes() {
         assert_rls_violation(&e, &format!("{table}: insert with no tenant set"));
         let updated = c
             .execute(&format!("UPDATE {table} SET tenant_id = tenant_id"), &[])
-            .await
-            .unwrap();
-        assert_eq!(updated, 0, "{table}: update with no tenant set");
+            .await;
+        if table == "policies" {
+            // Policy versions are append-only: the application role may not update them at all.
+            assert_rls_violation(&updated.unwrap_err(), "policies: update");
+        } else {
+            assert_eq!(updated.unwrap(), 0, "{table}: update with no tenant set");
+        }
     }
     // The same holds in an explicit transaction that set nothing, and with the setting
     // emptied (as it reads after an earlier transaction-local set).
@@ -587,7 +608,7 @@ async fn migrations_are_idempotent_and_serialized() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 3]);
     // Every tenant-owned table has RLS enabled and forced, and `bulkhead_app` owns nothing.
     for table in TENANT_TABLES {
         let row = c

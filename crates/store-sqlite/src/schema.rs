@@ -7,7 +7,8 @@ use rusqlite::{Connection, OpenFlags};
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
 ///
 /// INVARIANT: the tenant id leads every primary key and index of a tenant-owned table.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE settings (
     name  TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -74,7 +75,18 @@ CREATE TABLE idempotency (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, key)
 ) WITHOUT ROWID;
-"];
+",
+    r"
+-- Tenant policy versions (issue 4): append-only; the highest version is in force.
+CREATE TABLE policies (
+    tenant_id  BLOB NOT NULL,
+    version    INTEGER NOT NULL,
+    sealed     BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, version)
+) WITHOUT ROWID;
+",
+];
 
 /// The writer: WAL, and every commit fsync'd before it is acknowledged.
 pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {
