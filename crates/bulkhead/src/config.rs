@@ -44,6 +44,7 @@ pub struct Config {
     /// A request still running after this many seconds is abandoned with 503.
     pub request_timeout_seconds: u64,
     pub audit: AuditSettings,
+    pub policy: PolicyConfig,
 }
 
 /// The tamper-evident audit logs (docs/audit.md).
@@ -71,6 +72,37 @@ impl Default for AuditSettings {
             checkpoint_interval_seconds: 1,
             sweep_every: 60,
             retention_days: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+/// The policy engine (see docs/policies.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// Decide tenant requests with Cedar policies. `false`: the built-in role rules only
+    /// (no tenant policies, no field masking); meant for comparison benchmarks.
+    pub enabled: bool,
+    /// Directory of platform policy files (`*.cedar`), added to the built-in defaults and
+    /// reloaded when they change. `--policy-dir` sets it too.
+    pub dir: Option<PathBuf>,
+    /// Seconds between checks of `dir` for changes.
+    pub reload_seconds: u64,
+    /// Most tenants' policy sets kept built in memory.
+    pub cache_capacity: usize,
+    /// Seconds a tenant's policy set is trusted before its stored policies are read again
+    /// (how long a change made on another instance takes to apply here).
+    pub cache_ttl_seconds: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            reload_seconds: 2,
+            cache_capacity: 10_000,
+            cache_ttl_seconds: 5,
         }
     }
 }
@@ -263,6 +295,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             request_timeout_seconds: 30,
             audit: AuditSettings::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -333,6 +366,7 @@ const ENV_KEYS: &[&str] = &[
     "storage",
     "request_timeout_seconds",
     "audit",
+    "policy",
 ];
 
 impl Config {
@@ -405,6 +439,9 @@ impl Config {
         if let Some(url) = &self.limits.redis_url {
             bulkhead_limits::shared::check_url(url)
                 .map_err(|e| anyhow::anyhow!("limits.redis_url: {e}"))?;
+        }
+        if self.policy.reload_seconds == 0 {
+            anyhow::bail!("policy.reload_seconds must be at least 1");
         }
         if self.limits.fair_capacity == 0 {
             anyhow::bail!("limits.fair_capacity must be at least 1");

@@ -7,7 +7,9 @@ mod audit_cmd;
 mod bench;
 mod client;
 mod config;
+mod governance;
 mod ops;
+mod policy_bench;
 mod serve;
 mod telemetry;
 
@@ -75,6 +77,33 @@ enum Command {
     Migrate(MigrateArgs),
     /// Print the OpenAPI document of the API.
     Openapi,
+    /// Policy tools that need no server.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Check a governance directory (policies/, tiers/, collections/); non-zero exit on violations.
+    #[command(after_help = "\
+Checks: every policy validates against Bulkhead's Cedar schema; no policy grants role `reader` a
+write action; every tier sets at least one limit; every collection is a valid definition, and a
+collection with `restricted` fields sets `retention_days`. See docs/policies.md.")]
+    Lint {
+        /// The governance directory
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCmd {
+    /// Run policy test cases: DIR/platform/*.cedar, DIR/tenant.cedar and DIR/*.json case files.
+    /// Exits non-zero if any case fails (for CI).
+    Test {
+        /// The test directory
+        dir: PathBuf,
+    },
+    /// Micro-benchmark of the decision point: many tenants with their own policy sets,
+    /// decisions per second, latency, memory (in-process; build with --release)
+    Bench(policy_bench::PolicyBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +126,9 @@ struct ServeArgs {
     /// Log format [default: text]
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Directory of platform policy files (`*.cedar`), hot-reloaded on change
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,6 +179,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(f) = a.log_format {
                 cfg.log_format = f;
             }
+            if let Some(d) = a.policy_dir {
+                cfg.policy.dir = Some(d);
+            }
             let _flush_on_exit = telemetry::init(cfg.log_format, &cfg.log_level);
             serve::run(cfg).await
         }
@@ -175,6 +210,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Policy {
+            cmd: PolicyCmd::Test { dir },
+        } => {
+            if governance::policy_test(&dir)? {
+                Ok(())
+            } else {
+                anyhow::bail!("policy tests failed")
+            }
+        }
+        Command::Policy {
+            cmd: PolicyCmd::Bench(args),
+        } => policy_bench::run(&args),
+        Command::Lint { dir } => {
+            if governance::lint_dir(&dir)? {
+                Ok(())
+            } else {
+                anyhow::bail!("governance checks failed")
+            }
         }
         Command::Openapi => {
             println!("{}", bulkhead_http::openapi().to_pretty_json()?);

@@ -255,6 +255,12 @@ pub async fn build(
         },
         default_token_ttl_secs: cfg.tokens.default_ttl_seconds,
         token_cache_capacity: cfg.tokens.cache_capacity,
+        policies: cfg.policy.enabled,
+        policy_engine: bulkhead_policy::EngineConfig {
+            cache_capacity: cfg.policy.cache_capacity,
+            ttl: Duration::from_secs(cfg.policy.cache_ttl_seconds),
+        },
+        policy_dir: cfg.policy.dir.clone(),
     };
     let state = AppState::new(
         Arc::new(store),
@@ -262,6 +268,17 @@ pub async fn build(
         OperatorCredential::from_hash(hash),
         http,
     );
+    if let (Some(engine), Some(dir)) = (state.policy.engine(), &cfg.policy.dir) {
+        // A policy directory that does not load is a start-up error, not a silent default.
+        let generation =
+            bulkhead_http::policy::reload_platform(engine, dir).map_err(|problems| {
+                anyhow::anyhow!(
+                    "platform policies in `{}` are invalid:\n{problems}",
+                    dir.display()
+                )
+            })?;
+        tracing::info!(dir = %dir.display(), generation, "platform policies loaded");
+    }
     Ok((state, generated))
 }
 
@@ -368,6 +385,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "bulkhead is listening");
+    let _watcher = match (state.policy.engine(), &cfg.policy.dir) {
+        (Some(engine), Some(dir)) => Some(bulkhead_http::policy::watch_policy_dir(
+            engine.clone(),
+            dir.clone(),
+            Duration::from_secs(cfg.policy.reload_seconds),
+        )),
+        _ => None,
+    };
     let checkpointer = tokio::spawn(checkpointer(state.store.clone(), cfg.audit.clone()));
     let served = bulkhead_http::serve(listener, bulkhead_http::app(state.clone()), shutdown).await;
     checkpointer.abort();

@@ -81,14 +81,18 @@ impl Roles {
             .collect()
     }
 
-    /// Decides whether these roles allow `action`. Anything not granted is denied.
+    /// Decides whether these roles allow `action` with the built-in role rules (the fallback
+    /// when the policy engine is switched off). Anything not granted is denied.
     pub fn decide(&self, action: Action) -> Decision {
+        use Action::*;
         let allowed = match action {
-            Action::ReadRecord | Action::ListRecords | Action::ListCollections => {
+            ReadRecord | ListRecords | ListCollections | ReadCollection => {
                 self.admin || self.member || self.reader
             }
-            Action::WriteRecord | Action::DeleteRecord => self.admin || self.member,
-            Action::ManageCollection | Action::ReadAudit => self.admin,
+            CreateRecord | UpdateRecord | DeleteRecord => self.admin || self.member,
+            ManageCollection | ReadPolicies | ManagePolicies | ReadAudit => self.admin,
+            // Without the policy engine every caller sees every field.
+            ReadField => true,
         };
         if allowed {
             Decision::Allow
@@ -98,31 +102,76 @@ impl Roles {
     }
 }
 
-/// What a tenant-plane request wants to do.
+/// What a tenant-plane request wants to do. Each is a Cedar action of the same name
+/// (`Bulkhead::Action::"record:read"`, …); see `docs/policies.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     ReadRecord,
     ListRecords,
-    WriteRecord,
+    CreateRecord,
+    UpdateRecord,
     DeleteRecord,
     ListCollections,
+    ReadCollection,
     ManageCollection,
+    ReadPolicies,
+    ManagePolicies,
+    /// Seeing a field of a given classification in a record.
+    ReadField,
     /// Reading the tenant's own audit log, checkpoints and proofs.
     ReadAudit,
 }
 
 impl Action {
-    /// The name used in problem responses and audit entries.
+    /// Every action, in a stable order.
+    pub const ALL: [Action; 12] = [
+        Action::ReadRecord,
+        Action::ListRecords,
+        Action::CreateRecord,
+        Action::UpdateRecord,
+        Action::DeleteRecord,
+        Action::ListCollections,
+        Action::ReadCollection,
+        Action::ManageCollection,
+        Action::ReadPolicies,
+        Action::ManagePolicies,
+        Action::ReadField,
+        Action::ReadAudit,
+    ];
+
+    /// The name used in policies, problem responses and audit entries.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::ReadRecord => "record:read",
             Action::ListRecords => "record:list",
-            Action::WriteRecord => "record:write",
+            Action::CreateRecord => "record:create",
+            Action::UpdateRecord => "record:update",
             Action::DeleteRecord => "record:delete",
             Action::ListCollections => "collection:list",
+            Action::ReadCollection => "collection:read",
             Action::ManageCollection => "collection:manage",
+            Action::ReadPolicies => "policy:read",
+            Action::ManagePolicies => "policy:manage",
+            Action::ReadField => "field:read",
             Action::ReadAudit => "audit:read",
         }
+    }
+
+    /// Parses an action name as [`Action::as_str`] prints it.
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Whether the action changes tenant data or configuration.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Action::CreateRecord
+                | Action::UpdateRecord
+                | Action::DeleteRecord
+                | Action::ManageCollection
+                | Action::ManagePolicies
+        )
     }
 }
 
@@ -152,12 +201,12 @@ mod tests {
     #[test]
     fn role_matrix() {
         use Action::*;
-        for a in [ReadRecord, ListRecords, ListCollections] {
+        for a in [ReadRecord, ListRecords, ListCollections, ReadCollection] {
             check(&[Role::Reader], a, true);
             check(&[Role::Member], a, true);
             check(&[Role::Admin], a, true);
         }
-        for a in [WriteRecord, DeleteRecord] {
+        for a in [CreateRecord, UpdateRecord, DeleteRecord] {
             check(&[Role::Reader], a, false);
             check(&[Role::Member], a, true);
             check(&[Role::Admin], a, true);
@@ -165,10 +214,15 @@ mod tests {
         check(&[Role::Reader], ManageCollection, false);
         check(&[Role::Member], ManageCollection, false);
         check(&[Role::Admin], ManageCollection, true);
-        check(&[Role::Reader], ReadAudit, false);
-        check(&[Role::Member], ReadAudit, false);
-        check(&[Role::Admin], ReadAudit, true);
-        check(&[Role::Reader, Role::Member], WriteRecord, true);
+        for a in [ReadPolicies, ManagePolicies, ReadAudit] {
+            check(&[Role::Reader], a, false);
+            check(&[Role::Member], a, false);
+            check(&[Role::Admin], a, true);
+        }
+        check(&[Role::Reader, Role::Member], CreateRecord, true);
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
         assert_eq!(Roles::from_slice(&[]), None);
     }
 }

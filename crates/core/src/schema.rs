@@ -1,5 +1,7 @@
 //! Collection schemas: JSON Schema 2020-12 for record validation, plus the declared indexes
-//! that equality filters may use.
+//! that equality filters may use, the classification of fields
+//! (`"x-classification": "public" | "internal" | "confidential" | "restricted"` on a top-level
+//! property) and the optional owner field that policies see as `resource.owner`.
 //!
 //! Schemas are compiled with no resolver for remote or file references: a `$ref` to anything
 //! outside the schema itself is refused when the collection is defined, so validating a record
@@ -31,6 +33,175 @@ pub enum SchemaError {
     TooManyIndexes(usize),
     #[error("schema is larger than {0} bytes")]
     TooLarge(usize),
+    #[error(
+        "`x-classification` of `{0}` must be one of `public`, `internal`, `confidential`, `restricted`"
+    )]
+    BadClassification(String),
+    #[error("`x-classification` is allowed on top-level properties only (found under `{0}`)")]
+    NestedClassification(String),
+    #[error("owner field `{0}`: the schema must declare `properties.{0}.type` as `string`")]
+    BadOwnerField(String),
+}
+
+/// How sensitive a field is. Policies decide, per caller, which classes are visible
+/// (`field:read` on a `Bulkhead::Field` whose `classification` is [`Classification::as_str`]).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Classification {
+    Public,
+    Internal,
+    Confidential,
+    /// Never logged, never quoted in an error message.
+    Restricted,
+}
+
+impl Classification {
+    pub const ALL: [Classification; 4] = [
+        Classification::Public,
+        Classification::Internal,
+        Classification::Confidential,
+        Classification::Restricted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Public => "public",
+            Classification::Internal => "internal",
+            Classification::Confidential => "confidential",
+            Classification::Restricted => "restricted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Bit of this class in a [`ClassSet`].
+    fn bit(self) -> u8 {
+        match self {
+            Classification::Public => 1,
+            Classification::Internal => 2,
+            Classification::Confidential => 4,
+            Classification::Restricted => 8,
+        }
+    }
+}
+
+/// A set of classifications (the classes a caller may see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClassSet(u8);
+
+impl ClassSet {
+    pub const EVERY: ClassSet = ClassSet(15);
+
+    pub fn insert(&mut self, c: Classification) {
+        self.0 |= c.bit();
+    }
+
+    pub fn contains(self, c: Classification) -> bool {
+        self.0 & c.bit() != 0
+    }
+}
+
+/// The classified fields of a collection, and its owner field: what policies and masking need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldPolicy {
+    /// Top-level fields with an `x-classification`, in schema order. Unclassified fields are
+    /// not masked (they are treated as `public`).
+    pub classified: Vec<(FieldName, Classification)>,
+    /// The field holding a record's owner (a subject), if the collection names one.
+    pub owner_field: Option<FieldName>,
+}
+
+impl FieldPolicy {
+    /// The classes present in the collection.
+    pub fn classes(&self) -> ClassSet {
+        let mut set = ClassSet::default();
+        for (_, c) in &self.classified {
+            set.insert(*c);
+        }
+        set
+    }
+
+    /// Fields the caller may not see, given the classes it may see.
+    pub fn hidden(&self, visible: ClassSet) -> Vec<&FieldName> {
+        self.classified
+            .iter()
+            .filter(|(_, c)| !visible.contains(*c))
+            .map(|(f, _)| f)
+            .collect()
+    }
+
+    /// Whether `field` is visible to a caller who may see `visible`.
+    pub fn is_visible(&self, field: &str, visible: ClassSet) -> bool {
+        self.classified
+            .iter()
+            .find(|(f, _)| f.as_str() == field)
+            .is_none_or(|(_, c)| visible.contains(*c))
+    }
+
+    /// The owner a record's data names, if the collection has an owner field.
+    pub fn owner_of<'a>(&self, data: &'a Value) -> Option<&'a str> {
+        self.owner_field
+            .as_ref()
+            .and_then(|f| data.get(f.as_str()))
+            .and_then(Value::as_str)
+    }
+}
+
+/// Reads `x-classification` of top-level properties, refusing unknown classes and
+/// classifications anywhere else (where they would silently protect nothing).
+fn classify(schema: &Value) -> Result<Vec<(FieldName, Classification)>, SchemaError> {
+    fn nested(v: &Value, path: &str, top: bool) -> Result<(), SchemaError> {
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if k == "x-classification" && !top {
+                        return Err(SchemaError::NestedClassification(
+                            path.chars().take(128).collect(),
+                        ));
+                    }
+                    let p = format!("{path}/{k}");
+                    nested(child, &p, false)?;
+                }
+                Ok(())
+            }
+            Value::Array(a) => a.iter().try_for_each(|c| nested(c, path, false)),
+            _ => Ok(()),
+        }
+    }
+    let mut out = Vec::new();
+    let props = schema.get("properties").and_then(Value::as_object);
+    if let Some(m) = schema.as_object() {
+        for (k, v) in m {
+            if k == "x-classification" {
+                return Err(SchemaError::NestedClassification(String::new()));
+            }
+            if k != "properties" {
+                nested(v, &format!("/{k}"), false)?;
+            }
+        }
+    }
+    for (name, prop) in props.into_iter().flatten() {
+        if let Some(obj) = prop.as_object() {
+            for (k, v) in obj {
+                if k == "x-classification" {
+                    let class = v.as_str().and_then(Classification::parse).ok_or_else(|| {
+                        SchemaError::BadClassification(name.chars().take(64).collect())
+                    })?;
+                    let field = FieldName::parse(name).map_err(|_| {
+                        SchemaError::BadClassification(name.chars().take(64).collect())
+                    })?;
+                    out.push((field, class));
+                } else {
+                    nested(v, &format!("/properties/{name}/{k}"), false)?;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The type an indexed field is declared with; query values are parsed as this type.
@@ -85,6 +256,8 @@ pub struct CompiledCollection {
     pub name: CollectionName,
     pub schema: Value,
     pub indexes: Vec<IndexSpec>,
+    /// Classified fields and the owner field.
+    pub fields: std::sync::Arc<FieldPolicy>,
     validator: jsonschema::Validator,
 }
 
@@ -93,6 +266,7 @@ impl std::fmt::Debug for CompiledCollection {
         f.debug_struct("CompiledCollection")
             .field("name", &self.name)
             .field("indexes", &self.indexes)
+            .field("fields", &self.fields)
             .finish_non_exhaustive()
     }
 }
@@ -137,12 +311,39 @@ impl CompiledCollection {
                 .ok_or_else(|| SchemaError::IndexNotScalar(f.clone()))?;
             indexes.push(IndexSpec { field, kind });
         }
+        let classified = classify(&schema)?;
         Ok(Self {
             name,
             schema,
             indexes,
+            fields: std::sync::Arc::new(FieldPolicy {
+                classified,
+                owner_field: None,
+            }),
             validator,
         })
+    }
+
+    /// Names the field that holds a record's owner; it must be declared `"type": "string"`.
+    pub fn with_owner_field(mut self, owner: Option<&str>) -> Result<Self, SchemaError> {
+        let Some(owner) = owner else {
+            return Ok(self);
+        };
+        let bad = || SchemaError::BadOwnerField(owner.chars().take(64).collect());
+        let field = FieldName::parse(owner).map_err(|_| bad())?;
+        let declared = self
+            .schema
+            .get("properties")
+            .and_then(|p| p.get(owner))
+            .and_then(|p| p.get("type"))
+            .and_then(Value::as_str);
+        if declared != Some("string") {
+            return Err(bad());
+        }
+        let mut fields = (*self.fields).clone();
+        fields.owner_field = Some(field);
+        self.fields = std::sync::Arc::new(fields);
+        Ok(self)
     }
 
     /// Validates a record's `data`, returning up to `max` violations.
@@ -304,6 +505,55 @@ mod tests {
                 &[]
             ),
             Err(SchemaError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn classification_and_owner() {
+        let n = CollectionName::parse("people").unwrap();
+        let schema = json!({"type": "object", "properties": {
+            "name": {"type": "string", "x-classification": "public"},
+            "ssn": {"type": "string", "x-classification": "restricted"},
+            "owner": {"type": "string"},
+            "note": {"type": "string"}
+        }});
+        let c = CompiledCollection::compile(n.clone(), schema.clone(), &[], 4, 65536)
+            .unwrap()
+            .with_owner_field(Some("owner"))
+            .unwrap();
+        let f = &c.fields;
+        assert_eq!(f.classified.len(), 2);
+        let mut visible = ClassSet::default();
+        visible.insert(Classification::Public);
+        assert_eq!(
+            f.hidden(visible)
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ssn"]
+        );
+        assert!(f.is_visible("note", visible));
+        assert!(!f.is_visible("ssn", visible));
+        assert!(f.hidden(ClassSet::EVERY).is_empty());
+        assert_eq!(f.owner_of(&json!({"owner": "u1"})), Some("u1"));
+        // The owner field must be a declared string.
+        assert_eq!(
+            CompiledCollection::compile(n.clone(), schema, &[], 4, 65536)
+                .unwrap()
+                .with_owner_field(Some("nope"))
+                .unwrap_err(),
+            SchemaError::BadOwnerField("nope".into())
+        );
+        let bad = |s: Value| CompiledCollection::compile(n.clone(), s, &[], 4, 65536).unwrap_err();
+        assert_eq!(
+            bad(json!({"type": "object", "properties": {"a": {"x-classification": "secret"}}})),
+            SchemaError::BadClassification("a".into())
+        );
+        assert!(matches!(
+            bad(
+                json!({"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"x-classification": "restricted"}}}}})
+            ),
+            SchemaError::NestedClassification(_)
         ));
     }
 

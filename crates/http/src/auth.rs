@@ -9,10 +9,10 @@ use std::sync::Arc;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use bulkhead_audit::Outcome;
-use bulkhead_core::role::{Action, Decision};
+use bulkhead_core::role::Action;
 use bulkhead_core::token::{TokenError, Verifier};
 use bulkhead_core::{TenantContext, TenantStatus, Timestamp};
+use bulkhead_policy::Resource;
 use bulkhead_store::service::TenantState;
 use bulkhead_store::{RequestMeta, Store, TenantHandle};
 use sha2::{Digest, Sha256};
@@ -258,30 +258,27 @@ pub struct Caller {
     /// The request, for audit entries.
     pub meta: RequestMeta,
     store: Arc<Store>,
+    policy: Arc<crate::policy::PolicyMode>,
 }
 
 impl Caller {
-    /// Allows the request to go on only if the caller's roles allow `action`. A denial is
-    /// recorded in the caller's audit log before it is answered.
+    /// The verified context. What it may do is decided by `crate::policy::authorize`.
+    pub fn ctx(&self) -> &TenantContext {
+        &self.ctx
+    }
+
+    /// The policy decision point this request is decided by.
+    pub fn policy(&self) -> &crate::policy::PolicyMode {
+        &self.policy
+    }
+
+    /// Allows the request to go on only if the policy allows `action` on the caller's tenant
+    /// (actions on the tenant as a whole: audit reads, policy reads…). A denial is recorded in
+    /// the caller's audit log before it is answered.
     pub async fn require(&self, action: Action) -> Result<&TenantContext, ApiError> {
-        match self.ctx.decide(action) {
-            Decision::Allow => Ok(&self.ctx),
-            Decision::Deny { action } => {
-                tracing::info!(action = action.as_str(), "denied");
-                self.store
-                    .audit()
-                    .record(
-                        &self.ctx,
-                        action.as_str(),
-                        "",
-                        Outcome::Denied,
-                        &self.meta,
-                        "role",
-                    )
-                    .await?;
-                Err(ApiError::Forbidden(action.as_str()))
-            }
-        }
+        let h = self.tenant().await?;
+        crate::policy::authorize(&self.policy, &self.ctx, &h, action, Resource::Tenant).await?;
+        Ok(&self.ctx)
     }
 
     /// The caller's tenant data, with this request's details for the audit entries.
@@ -304,6 +301,7 @@ impl FromRequestParts<AppState> for Caller {
                 ctx,
                 meta,
                 store: state.store.clone(),
+                policy: state.policy.clone(),
             }),
             Err(e) => Err(record_rejection(state, "auth.token", e, &meta).await),
         }

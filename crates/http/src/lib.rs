@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod extract;
 pub mod isolation;
+pub mod policy;
 pub mod problem;
 pub mod routes;
 pub mod state;
@@ -47,6 +48,8 @@ use crate::problem::ApiError;
         (name = "records", description = "Tenant plane: encrypted, schema-validated records"),
         (name = "audit", description = "Tamper-evident audit logs: entries, signed checkpoints, proofs"),
         (name = "limits", description = "Tiers, limits, usage and metrics: performance isolation between tenants"),
+        (name = "policies", description = "Tenant plane: Cedar policies (versions, rollback, dry runs)"),
+        (name = "platform", description = "Operator plane: platform policies"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -81,6 +84,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(routes::operator::router())
         .merge(routes::tenant::router())
         .merge(routes::audit::router())
+        .merge(routes::policies::router())
         .split_for_parts()
 }
 

@@ -27,8 +27,12 @@ pub enum ApiError {
     TenantNotActive(&'static str),
     #[error("`X-Tenant-Id` does not match the tenant of the token")]
     TenantMismatch,
-    #[error("your roles do not allow `{0}`")]
+    #[error("the policy in force does not allow `{0}`")]
     Forbidden(&'static str),
+    #[error("a filter uses a field you may not see")]
+    HiddenFilter,
+    #[error("the policies are invalid")]
+    InvalidPolicy(Vec<bulkhead_policy::Problem>),
     #[error("{0}")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -72,6 +76,13 @@ pub enum ApiError {
 }
 
 #[derive(Serialize)]
+#[serde(untagged)]
+enum Errors<'a> {
+    Violations(&'a [Violation]),
+    Policies(&'a [bulkhead_policy::Problem]),
+}
+
+#[derive(Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
     kind: String,
@@ -79,7 +90,7 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<&'a [Violation]>,
+    errors: Option<Errors<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
     /// For `quota-exceeded`: the quota (`max_records`, `max_bytes`, `max_collections`).
@@ -110,6 +121,16 @@ impl ApiError {
             ),
             TenantMismatch => (StatusCode::FORBIDDEN, "tenant-mismatch", "Tenant mismatch"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            HiddenFilter => (
+                StatusCode::FORBIDDEN,
+                "hidden-field-filter",
+                "Forbidden filter",
+            ),
+            InvalidPolicy(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-policy",
+                "Invalid policy",
+            ),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
             UnsupportedMediaType => (
@@ -202,7 +223,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.meta();
         let (errors, reason) = match &self {
-            ApiError::Invalid(v) => (Some(v.as_slice()), None),
+            ApiError::Invalid(v) => (Some(Errors::Violations(v.as_slice())), None),
+            ApiError::InvalidPolicy(p) => (Some(Errors::Policies(p.as_slice())), None),
             ApiError::InvalidToken(e) => (None, Some(e.class())),
             _ => (None, None),
         };

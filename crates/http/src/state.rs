@@ -7,6 +7,7 @@ use bulkhead_store::Store;
 
 use crate::auth::{Authenticator, OperatorCredential};
 use crate::isolation::{Isolation, IsolationConfig};
+use crate::policy::PolicyMode;
 
 /// Settings of the HTTP edge, resolved from configuration at start.
 #[derive(Debug, Clone)]
@@ -19,6 +20,14 @@ pub struct HttpConfig {
     pub request_timeout: std::time::Duration,
     /// Rate and concurrency limits, metrics.
     pub isolation: IsolationConfig,
+    /// Decide tenant requests with the Cedar policy engine (`true`, the default) or with the
+    /// built-in role rules only (`false`: no tenant policies, no field masking; for
+    /// comparison benchmarks).
+    pub policies: bool,
+    /// The policy engine's per-tenant cache.
+    pub policy_engine: bulkhead_policy::EngineConfig,
+    /// The directory of platform policy files (`*.cedar`), if any.
+    pub policy_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -28,6 +37,9 @@ impl Default for HttpConfig {
             token_cache_capacity: 100_000,
             request_timeout: std::time::Duration::from_secs(30),
             isolation: IsolationConfig::default(),
+            policies: true,
+            policy_engine: bulkhead_policy::EngineConfig::default(),
+            policy_dir: None,
         }
     }
 }
@@ -41,6 +53,8 @@ pub struct AppState {
     pub config: Arc<HttpConfig>,
     /// Per-tenant limiter and metrics.
     pub isolation: Arc<Isolation>,
+    /// The policy decision point every tenant request goes through.
+    pub policy: Arc<PolicyMode>,
 }
 
 impl AppState {
@@ -69,12 +83,14 @@ impl AppState {
     ) -> Self {
         let auth =
             Authenticator::with_clock(store.clone(), verifier, config.token_cache_capacity, clock);
+        let policy = PolicyMode::from_config(&config);
         Self {
             store,
             auth: Arc::new(auth),
             operator: Arc::new(operator),
             isolation: Arc::new(Isolation::new(config.isolation.clone())),
             config: Arc::new(config),
+            policy: Arc::new(policy),
         }
     }
 }

@@ -423,6 +423,12 @@ async fn openapi_documents_every_route(backend: Backend) {
         "/v1/audit/logs/{log}/checkpoint",
         "/v1/audit/logs/{log}/proof/inclusion",
         "/v1/audit/logs/{log}/proof/consistency",
+        "/v1/policies",
+        "/v1/policies/versions",
+        "/v1/policies/rollback",
+        "/v1/policies/check",
+        "/v1/platform/policies",
+        "/v1/platform/policies/reload",
     ]
     .into_iter()
     .collect();

@@ -209,7 +209,7 @@ async fn denials_and_refused_tokens_are_recorded(backend: Backend) {
     let bad = app.get("/v1/collections", "not-a-token").await;
     assert_eq!(bad.status, 401);
     checkpoint_now(&app).await;
-    let page = app.get("/v1/audit?action=record:write", &admin).await;
+    let page = app.get("/v1/audit?action=record:create", &admin).await;
     let items = page.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{:?}", page.body);
     assert_eq!(items[0]["outcome"], "denied");
@@ -255,7 +255,11 @@ async fn limit_events_are_recorded_once_per_period(backend: Backend) {
     let statuses: Vec<u16> = {
         let mut out = Vec::new();
         for _ in 0..6 {
-            out.push(app.get("/v1/collections/notes/records", &reader).await.status);
+            out.push(
+                app.get("/v1/collections/notes/records", &reader)
+                    .await
+                    .status,
+            );
         }
         out
     };

@@ -475,7 +475,10 @@ async fn roles_are_enforced_within_a_tenant(backend: Backend) {
         .await;
     assert_eq!(
         (w.status, w.body["detail"].as_str()),
-        (403, Some("your roles do not allow `record:write`"))
+        (
+            403,
+            Some("the policy in force does not allow `record:create`")
+        )
     );
     let d = app
         .call("DELETE", &note_path(id), Some(&reader), None, &[])

@@ -20,11 +20,14 @@ use tokio_postgres::{NoTls, Statement};
 pub const APP_ROLE: &str = "bulkhead_app";
 
 /// The tables with row-level security: every row belongs to one tenant.
-pub(crate) const TENANT_TABLES: [&str; 7] = [
+pub(crate) const TENANT_TABLES: [&str; 9] = [
     "collections",
     "records",
     "record_index",
     "idempotency",
+    // Storage usage (migration 0005) and policy versions (migration 0003).
+    "tenant_usage",
+    "policies",
     // The audit tables of tenant logs (migration 0004).
     "audit_pending",
     "audit_entries",

@@ -35,6 +35,7 @@ mod audit;
 mod conn;
 mod limits;
 mod migrate;
+mod policy;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -45,7 +46,7 @@ use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId, TenantStatus, Ti
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
     AuditBackend, AuditRow, AuditScope, CheckpointRow, CollectionRow, IndexToken, InsertOutcome,
-    InsertRow, RecordBackend, RecordRow, Registry, RegistryChange, Scope, SigningKeyRow,
+    InsertRow, PolicyRow, RecordBackend, RecordRow, Registry, RegistryChange, Scope, SigningKeyRow,
     TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use deadpool_postgres::Pool;
@@ -714,6 +715,19 @@ impl RecordBackend for PostgresStore {
     async fn usage(&self, s: &Scope) -> Result<Usage, BackendError> {
         // INVARIANT: the tenant is the scope's (see `limits.rs`).
         self.usage_impl(s.tenant()).await
+    }
+
+    // Tenant policies: see `policy.rs`.
+    async fn insert_policy(&self, s: &Scope, row: &PolicyRow) -> Result<bool, BackendError> {
+        self.pg_insert_policy(s, row).await
+    }
+
+    async fn policies(&self, s: &Scope) -> Result<Vec<PolicyRow>, BackendError> {
+        self.pg_policies(s).await
+    }
+
+    async fn latest_policy(&self, s: &Scope) -> Result<Option<PolicyRow>, BackendError> {
+        self.pg_latest_policy(s).await
     }
 
     async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {

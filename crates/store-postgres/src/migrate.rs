@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "single_statement",
         include_str!("../migrations/0002_single_statement.sql"),
     ),
+    (
+        3,
+        "policies",
+        include_str!("../migrations/0003_policies.sql"),
+    ),
     (4, "audit", include_str!("../migrations/0004_audit.sql")),
     (5, "limits", include_str!("../migrations/0005_limits.sql")),
     (

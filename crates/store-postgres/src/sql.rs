@@ -172,6 +172,7 @@ pub(crate) const PURGE_TENANT: &str = "WITH
          c AS (DELETE FROM collections WHERE tenant_id = $1),
          k AS (DELETE FROM idempotency WHERE tenant_id = $1),
          u AS (DELETE FROM tenant_usage WHERE tenant_id = $1),
+         p AS (DELETE FROM policies WHERE tenant_id = $1),
          r AS (DELETE FROM records WHERE tenant_id = $1 RETURNING 1)
      SELECT count(*) FROM r";
 

@@ -23,12 +23,13 @@ use common::{Pg, RoleDb, TestDb, TestRole, test_url};
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 
-const TENANT_TABLES: [&str; 5] = [
+const TENANT_TABLES: [&str; 6] = [
     "collections",
     "records",
     "record_index",
     "idempotency",
     "tenant_usage",
+    "policies",
 ];
 
 fn users() -> CollectionName {
@@ -36,7 +37,7 @@ fn users() -> CollectionName {
 }
 
 /// Onboards a tenant with a `users` collection holding one record (with an index entry and an
-/// idempotency entry), so that it has rows in every tenant-owned table.
+/// idempotency entry) and a policy version, so that it has rows in every tenant-owned table.
 async fn tenant_with_rows<const P: usize>(env: &Env<Pg<P>>) -> TenantContext {
     let ctx = env.tenant(&[Role::Admin]).await;
     let h = env.store.tenant(&ctx).await.unwrap();
@@ -54,6 +55,13 @@ async fn tenant_with_rows<const P: usize>(env: &Env<Pg<P>>) -> TenantContext {
             key: "k",
             body_digest: [1; 32],
         }),
+    )
+    .await
+    .unwrap();
+    h.put_policy(
+        "// no tenant policies yet".into(),
+        &bulkhead_core::Subject::parse("admin").unwrap(),
+        None,
     )
     .await
     .unwrap();
@@ -96,6 +104,10 @@ fn insert_sql(table: &str) -> &'static str {
         "tenant_usage" => {
             "INSERT INTO tenant_usage (tenant_id, shard, records, bytes) VALUES ($1, 0, 0, 0)
              ON CONFLICT (tenant_id, shard) DO UPDATE SET records = tenant_usage.records"
+        }
+        "policies" => {
+            "INSERT INTO policies (tenant_id, version, sealed, created_at)
+             VALUES ($1, 1000, '\\x00', 0)"
         }
         other => panic!("no insert for `{other}`"),
     }
@@ -261,9 +273,13 @@ async fn with_no_tenant_set_tables_read_empty_and_refuse_writes() {
         assert_rls_violation(&e, &format!("{table}: insert with no tenant set"));
         let updated = c
             .execute(&format!("UPDATE {table} SET tenant_id = tenant_id"), &[])
-            .await
-            .unwrap();
-        assert_eq!(updated, 0, "{table}: update with no tenant set");
+            .await;
+        if table == "policies" {
+            // Policy versions are append-only: the application role may not update them at all.
+            assert_rls_violation(&updated.unwrap_err(), "policies: update");
+        } else {
+            assert_eq!(updated.unwrap(), 0, "{table}: update with no tenant set");
+        }
     }
     // The same holds in an explicit transaction that set nothing, and with the setting
     // emptied (as it reads after an earlier transaction-local set).

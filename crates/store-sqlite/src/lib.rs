@@ -26,8 +26,8 @@ use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
     AuditBackend, AuditRow, AuditScope, CheckpointRow, CollectionRow, IndexToken, InsertOutcome,
-    InsertRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow, TenantPatch, TenantRow,
-    TierRow, UpdateRow, WriteOutcome,
+    InsertRow, PolicyRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow, TenantPatch,
+    TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use parking_lot::Mutex;
 use rusqlite::Connection;
@@ -468,6 +468,22 @@ impl RecordBackend for SqliteStore {
     async fn usage(&self, s: &Scope) -> Result<Usage, BackendError> {
         let t = s.tenant();
         self.point_read(|c| limits::usage(c, t))
+    }
+
+    async fn insert_policy(&self, s: &Scope, row: &PolicyRow) -> Result<bool, BackendError> {
+        let (t, row) = (s.tenant(), row.clone());
+        self.write(move |c| sql::insert_policy(c, t, &row)).await
+    }
+
+    async fn policies(&self, s: &Scope) -> Result<Vec<PolicyRow>, BackendError> {
+        let t = s.tenant();
+        self.read(move |c| sql::policies(c, t)).await
+    }
+
+    async fn latest_policy(&self, s: &Scope) -> Result<Option<PolicyRow>, BackendError> {
+        let t = s.tenant();
+        // A primary-key range read of one row.
+        self.point_read(move |c| sql::latest_policy(c, t))
     }
 
     async fn danger_purge_tenant(&self, tenant: TenantId) -> Result<u64, BackendError> {

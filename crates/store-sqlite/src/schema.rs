@@ -149,6 +149,17 @@ BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
 CREATE TRIGGER audit_checkpoints_kept BEFORE DELETE ON audit_checkpoints
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are kept'); END;
 ",
+    // 4: tenant policy versions.
+    r"
+-- Tenant policy versions (issue 4): append-only; the highest version is in force.
+CREATE TABLE policies (
+    tenant_id  BLOB NOT NULL,
+    version    INTEGER NOT NULL,
+    sealed     BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, version)
+) WITHOUT ROWID;
+",
 ];
 
 /// The writer: WAL, and every commit fsync'd before it is acknowledged.

@@ -10,8 +10,8 @@ use bulkhead_core::{
 };
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    CollectionRow, IndexToken, InsertOutcome, InsertRow, RecordRow, SigningKeyRow, TenantPatch,
-    TenantRow, UpdateRow, WriteOutcome,
+    CollectionRow, IndexToken, InsertOutcome, InsertRow, PolicyRow, RecordRow, SigningKeyRow,
+    TenantPatch, TenantRow, UpdateRow, WriteOutcome,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -538,11 +538,61 @@ pub(crate) fn purge_tenant(c: &Connection, t: TenantId) -> rusqlite::Result<u64>
     let n = c
         .prepare_cached("DELETE FROM records WHERE tenant_id = ?1")?
         .execute([t.as_bytes()])?;
-    for table in ["record_index", "collections", "idempotency", "tenant_usage"] {
+    for table in [
+        "record_index",
+        "collections",
+        "idempotency",
+        "tenant_usage",
+        "policies",
+    ] {
         c.execute(
             &format!("DELETE FROM {table} WHERE tenant_id = ?1"),
             [t.as_bytes()],
         )?;
     }
     Ok(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+// ---- policies -----------------------------------------------------------------------------
+
+fn policy_of(r: &Row<'_>) -> rusqlite::Result<PolicyRow> {
+    Ok(PolicyRow {
+        version: version(r.get(0)?)?,
+        sealed: r.get(1)?,
+        created_at: from_micros(r.get(2)?)?,
+    })
+}
+
+pub(crate) fn insert_policy(
+    c: &Connection,
+    t: TenantId,
+    row: &PolicyRow,
+) -> rusqlite::Result<bool> {
+    let n = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO policies (tenant_id, version, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            t.as_bytes(),
+            sql_version(row.version)?,
+            row.sealed,
+            micros(row.created_at)
+        ])?;
+    Ok(n == 1)
+}
+
+pub(crate) fn policies(c: &Connection, t: TenantId) -> rusqlite::Result<Vec<PolicyRow>> {
+    let mut st = c.prepare_cached(
+        "SELECT version, sealed, created_at FROM policies WHERE tenant_id = ?1 ORDER BY version",
+    )?;
+    let rows = st.query_map([t.as_bytes()], policy_of)?;
+    rows.collect()
+}
+
+pub(crate) fn latest_policy(c: &Connection, t: TenantId) -> rusqlite::Result<Option<PolicyRow>> {
+    c.prepare_cached(
+        "SELECT version, sealed, created_at FROM policies WHERE tenant_id = ?1 ORDER BY version DESC LIMIT 1",
+    )?
+    .query_row([t.as_bytes()], policy_of)
+    .optional()
 }

@@ -222,6 +222,16 @@ pub enum WriteOutcome {
     StaleCollection,
 }
 
+/// One version of a tenant's policies as stored. Versions are append-only: the version in
+/// force is the highest, and a rollback stores an earlier version's text as a new version.
+#[derive(Debug, Clone)]
+pub struct PolicyRow {
+    pub version: u64,
+    /// The policy text and its metadata, encrypted with the tenant's data key.
+    pub sealed: Vec<u8>,
+    pub created_at: Timestamp,
+}
+
 /// Tenant-owned data. Every method is scoped; see the module's invariant.
 #[async_trait]
 pub trait RecordBackend: AuditBackend + Send + Sync + 'static {
@@ -304,6 +314,16 @@ pub trait RecordBackend: AuditBackend + Send + Sync + 'static {
     /// What the scope's tenant has stored: records and their bytes (kept by the backend as
     /// records are written, in the same transaction) and collections.
     async fn usage(&self, s: &Scope) -> Result<Usage, BackendError>;
+
+    // ---- tenant policies -------------------------------------------------------------------
+
+    /// Stores a new policy version. Returns `false` if that version already exists (another
+    /// writer got there first: re-read and retry).
+    async fn insert_policy(&self, s: &Scope, row: &PolicyRow) -> Result<bool, BackendError>;
+    /// Every stored policy version, oldest first.
+    async fn policies(&self, s: &Scope) -> Result<Vec<PolicyRow>, BackendError>;
+    /// The highest stored policy version: the one in force.
+    async fn latest_policy(&self, s: &Scope) -> Result<Option<PolicyRow>, BackendError>;
 
     /// Deletes every row a tenant owns on this backend. Called only by offboarding, after the
     /// tenant's keys were destroyed; the name says what it is.

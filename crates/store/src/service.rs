@@ -11,27 +11,31 @@ use std::time::{Duration, Instant};
 
 use bulkhead_core::crypto::{MasterKey, RecordPlace, TenantKeys};
 use bulkhead_core::limits::{InputLimits, json_depth};
-use bulkhead_core::schema::CompiledCollection;
+use bulkhead_core::schema::{CompiledCollection, FieldPolicy};
 use bulkhead_core::tenant::Placement;
 use bulkhead_core::tier::{LimitOverrides, TierLimits, Usage};
 use bulkhead_core::token::{PublicKey, SigningAlg, SigningKeyPair};
 use bulkhead_core::{
-    CollectionName, RecordId, Tenant, TenantContext, TenantId, TenantName, TenantStatus, TierName,
-    Timestamp,
+    CollectionName, RecordId, Subject, Tenant, TenantContext, TenantId, TenantName, TenantStatus,
+    TierName, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::audit::{Audit, AuditConfig, RequestMeta};
 use crate::port::{
-    AuditScope, CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, RecordBackend, RecordRow,
-    Registry, Scope, SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
+    AuditScope, CollectionRow, IdempotencyRow, InsertOutcome, InsertRow, PolicyRow, RecordBackend,
+    RecordRow, Registry, Scope, SigningKeyRow, TenantPatch, TenantRow, TierRow, UpdateRow,
+    WriteOutcome,
 };
 use crate::{BackendError, StoreError};
 use bulkhead_audit::{Actor, AuditKey, EntryBody, LogId, Outcome};
 
 /// How many times a write is retried when the collection changed under it.
 const STALE_RETRIES: usize = 4;
+/// How many times a policy update is retried when another update took its version (each
+/// round one of the concurrent updates wins, so this many concurrent updates all succeed).
+const POLICY_RETRIES: usize = 32;
 /// Most schema violations reported for one record.
 const MAX_VIOLATIONS: usize = 16;
 
@@ -727,6 +731,9 @@ pub struct CollectionInfo {
     pub version: u64,
     pub schema: Value,
     pub indexes: Vec<String>,
+    /// The field holding each record's owner (policies see it as `resource.owner`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_field: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
@@ -740,6 +747,33 @@ pub struct CollectionInfo {
 struct Definition {
     schema: Value,
     indexes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner_field: Option<String>,
+}
+
+/// One version of a tenant's policies as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct PolicyVersion {
+    pub version: u64,
+    /// The Cedar policy text.
+    pub text: String,
+    /// The subject whose request stored this version.
+    pub created_by: String,
+    /// For a rollback: the version whose text this one restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<u64>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+/// The stored form of a policy version (encrypted as a whole: policy text is tenant data).
+#[derive(Serialize, Deserialize)]
+struct SealedPolicy {
+    text: String,
+    created_by: String,
+    #[serde(default)]
+    restored_from: Option<u64>,
 }
 
 /// One page of a list.
@@ -894,6 +928,15 @@ impl TenantHandle<'_> {
         self.store.audit.append(&self.audit_scope, &body).await
     }
 
+    /// Records an authorization denial of `action` (`reason`: what decided it, e.g. `policy`),
+    /// durably, in the tenant's own log. Nothing with auditing off.
+    pub async fn record_denied(&self, action: &str, reason: &str) -> Result<(), StoreError> {
+        if !self.store.audit.enabled() {
+            return Ok(());
+        }
+        self.note(action, "", Outcome::Denied, reason).await
+    }
+
     /// Records the failure of an operation and hands its error back. The failure entry is best
     /// effort: the request fails either way.
     async fn failed<T>(
@@ -934,6 +977,7 @@ impl TenantHandle<'_> {
             usize::MAX,
             usize::MAX,
         )
+        .and_then(|c| c.with_owner_field(def.owner_field.as_deref()))
         .map_err(|e| StoreError::Internal(format!("stored definition of `{}`: {e}", row.name)))?;
         Ok(CachedCollection {
             row_version: row.version,
@@ -978,6 +1022,12 @@ impl TenantHandle<'_> {
                 .iter()
                 .map(|i| i.field.as_str().to_owned())
                 .collect(),
+            owner_field: c
+                .compiled
+                .fields
+                .owner_field
+                .as_ref()
+                .map(|f| f.as_str().to_owned()),
             created_at: c.created_at,
             updated_at: c.updated_at,
         }
@@ -991,8 +1041,23 @@ impl TenantHandle<'_> {
         schema: Value,
         indexes: Vec<String>,
     ) -> Result<(CollectionInfo, bool), StoreError> {
+        self.put_collection_with_owner(name, schema, indexes, None)
+            .await
+    }
+
+    /// [`TenantHandle::put_collection`], naming the field that holds each record's owner.
+    pub async fn put_collection_with_owner(
+        &self,
+        name: &CollectionName,
+        schema: Value,
+        indexes: Vec<String>,
+        owner_field: Option<String>,
+    ) -> Result<(CollectionInfo, bool), StoreError> {
         let resource = format!("collections/{name}");
-        match self.put_collection_inner(name, schema, indexes).await {
+        match self
+            .put_collection_inner(name, schema, indexes, owner_field)
+            .await
+        {
             Ok(v) => {
                 self.note("collection.put", &resource, Outcome::Success, "")
                     .await?;
@@ -1007,6 +1072,7 @@ impl TenantHandle<'_> {
         name: &CollectionName,
         schema: Value,
         indexes: Vec<String>,
+        owner_field: Option<String>,
     ) -> Result<(CollectionInfo, bool), StoreError> {
         let lim = &self.store.cfg.limits;
         let compiled = CompiledCollection::compile(
@@ -1015,10 +1081,12 @@ impl TenantHandle<'_> {
             &indexes,
             lim.max_indexes,
             lim.max_schema_bytes,
-        )?;
+        )?
+        .with_owner_field(owner_field.as_deref())?;
         let def = Definition {
             schema: compiled.schema.clone(),
             indexes,
+            owner_field,
         };
         let plain = serde_json::to_vec(&def).map_err(|e| StoreError::Internal(e.to_string()))?;
         let sealed = self
@@ -1122,6 +1190,7 @@ impl TenantHandle<'_> {
                 version: row.version,
                 schema: def.schema,
                 indexes: def.indexes,
+                owner_field: def.owner_field,
                 created_at: row.created_at,
                 updated_at: row.updated_at,
             });
@@ -1142,6 +1211,104 @@ impl TenantHandle<'_> {
             }
             Err(e) => self.failed("collection.read", &resource, e).await,
         }
+    }
+
+    /// The classified fields and owner field of a collection (from the cache when fresh).
+    pub async fn fields(&self, name: &CollectionName) -> Result<Arc<FieldPolicy>, StoreError> {
+        Ok(self.collection(name, false).await?.compiled.fields.clone())
+    }
+
+    // ---- policies -------------------------------------------------------------------------
+
+    fn open_policy(&self, row: &PolicyRow) -> Result<PolicyVersion, StoreError> {
+        let plain = self
+            .keys
+            .open_meta(&[b"policy", &row.version.to_be_bytes()], &row.sealed)
+            .map_err(|_| StoreError::Integrity(format!("policy version {}", row.version)))?;
+        let p: SealedPolicy =
+            serde_json::from_slice(&plain).map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(PolicyVersion {
+            version: row.version,
+            text: p.text,
+            created_by: p.created_by,
+            restored_from: p.restored_from,
+            created_at: row.created_at,
+        })
+    }
+
+    /// Stores `text` as the tenant's next policy version, which is then the one in force.
+    /// The caller has validated it. `restored_from` marks a rollback.
+    pub async fn put_policy(
+        &self,
+        text: String,
+        author: &Subject,
+        restored_from: Option<u64>,
+    ) -> Result<PolicyVersion, StoreError> {
+        let sealed = SealedPolicy {
+            text,
+            created_by: author.as_str().to_owned(),
+            restored_from,
+        };
+        let plain = serde_json::to_vec(&sealed).map_err(|e| StoreError::Internal(e.to_string()))?;
+        // Optimistic: each round, one of the concurrent writers wins the next version. The
+        // version is sealed into the ciphertext (AAD), so it must be chosen before the insert.
+        for attempt in 0..POLICY_RETRIES {
+            if attempt > 0 {
+                tokio::task::yield_now().await;
+            }
+            let latest = self.backend.latest_policy(&self.scope).await?;
+            let version = latest.map_or(1, |r| r.version.saturating_add(1));
+            let row = PolicyRow {
+                version,
+                sealed: self
+                    .keys
+                    .seal_meta(&[b"policy", &version.to_be_bytes()], &plain)
+                    .map_err(|e| StoreError::Internal(e.to_string()))?,
+                created_at: now(),
+            };
+            if self.backend.insert_policy(&self.scope, &row).await? {
+                let action = if restored_from.is_some() {
+                    "policy.rollback"
+                } else {
+                    "policy.put"
+                };
+                self.note(
+                    action,
+                    &format!("policies/v{version}"),
+                    Outcome::Success,
+                    "",
+                )
+                .await?;
+                return self.open_policy(&row);
+            }
+        }
+        Err(StoreError::Unavailable(
+            "policies kept changing during the update; retry".into(),
+        ))
+    }
+
+    /// Every policy version, oldest first.
+    pub async fn policy_versions(&self) -> Result<Vec<PolicyVersion>, StoreError> {
+        let rows = self.backend.policies(&self.scope).await?;
+        rows.iter().map(|r| self.open_policy(r)).collect()
+    }
+
+    /// The policy version in force (the highest), if the tenant has any.
+    pub async fn active_policy(&self) -> Result<Option<PolicyVersion>, StoreError> {
+        self.backend
+            .latest_policy(&self.scope)
+            .await?
+            .map(|r| self.open_policy(&r))
+            .transpose()
+    }
+
+    /// One policy version.
+    pub async fn policy_version(&self, version: u64) -> Result<PolicyVersion, StoreError> {
+        self.policy_versions()
+            .await?
+            .into_iter()
+            .find(|p| p.version == version)
+            .ok_or(StoreError::NotFound)
     }
 
     fn check_limits(&self, data: &Value) -> Result<Vec<u8>, StoreError> {

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod operator;
+pub mod policies;
 pub mod public;
 pub mod tenant;
 
@@ -32,7 +33,8 @@ pub struct Problem {
     status: u16,
     /// What was wrong, written for the caller.
     detail: String,
-    /// For `validation-failed`: each violation's JSON Pointer and message.
+    /// For `validation-failed`: each violation's JSON Pointer and message. For
+    /// `invalid-policy`: each problem's `source`, `line`, `column`, `policy` and `message`.
     errors: Option<Vec<serde_json::Value>>,
     /// For `invalid-token`: the reason class (`expired`, `bad_signature`, …).
     reason: Option<String>,

@@ -258,6 +258,7 @@ async fn patch_tenant(
         }
     };
     let tier = b.tier.as_deref().map(|t| tier(&st, t)).transpose()?;
+    let b_limits_changed = b.limits.is_some();
     if let Some(overrides) = b.limits {
         st.store.set_limit_overrides(id, overrides).await?;
         tracing::info!(tenant = %id, "tenant limit overrides changed");
@@ -270,6 +271,7 @@ async fn patch_tenant(
     let action = match status {
         Some(TenantStatus::Suspended) => "tenant.suspend",
         Some(TenantStatus::Active) => "tenant.resume",
+        _ if b_limits_changed => "tenant.limits",
         _ => "tenant.update",
     };
     record(&st, &op, action, &format!("tenants/{}", t.id), Some(t.id)).await?;
@@ -429,7 +431,7 @@ async fn list_tiers(_: Operator, State(st): State<AppState>) -> Json<TierList> {
     responses((status = 200, body = TierInfo), (status = 400, body = Problem), (status = 401, body = Problem)),
     security(("operator_token" = [])))]
 async fn put_tier(
-    _: Operator,
+    op: Operator,
     State(st): State<AppState>,
     P(name): P<String>,
     body: JsonBody<LimitOverrides>,
@@ -437,6 +439,7 @@ async fn put_tier(
     let name = TierName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let limits = st.store.put_tier(name.clone(), &body.value).await?;
     tracing::info!(tier = %name, "tier defined");
+    record(&st, &op, "tier.put", &format!("tiers/{name}"), None).await?;
     Ok(Json(TierInfo {
         name: name.as_str().to_owned(),
         limits,

@@ -1,14 +1,19 @@
 //! The tenant plane: collections and records, for callers with a tenant token.
 //!
-//! Every handler starts from [`Caller`] (the verified context), checks its roles, and reaches
-//! data only through `store.tenant(ctx)`.
+//! Every handler starts from [`Caller`] (the verified context), reaches data only through
+//! `store.tenant(ctx)`, and has every action decided by the policy engine
+//! ([`crate::policy::authorize`]) with that tenant's policies. Fields the caller may not see
+//! are omitted from every record it gets back.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::role::Action;
+use bulkhead_core::schema::{ClassSet, FieldPolicy};
 use bulkhead_core::tier::{TierLimits, Usage};
+use bulkhead_policy::Resource;
+use bulkhead_store::TenantHandle;
 use bulkhead_store::service::{CollectionInfo, Idempotency, Page, Record};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,6 +25,7 @@ use utoipa_axum::routes;
 use super::{Problem, collection_name, record_id};
 use crate::auth::Caller;
 use crate::extract::{JsonBody, P, QueryPairs, parse_limit};
+use crate::policy::{authorize, mask, visible_classes};
 use crate::problem::ApiError;
 use crate::state::AppState;
 
@@ -78,6 +84,10 @@ pub struct PutCollection {
     /// Top-level fields to index for equality filters; each must have a scalar `type` in the schema.
     #[serde(default)]
     pub indexes: Vec<String>,
+    /// A top-level string field that holds each record's owner (a subject). A record created
+    /// without it gets the caller's subject; policies see it as `resource.owner`.
+    #[serde(default)]
+    pub owner_field: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,8 +108,17 @@ pub struct RecordBody {
     responses((status = 200, body = CollectionList), (status = 401, body = Problem)),
     security(("tenant_token" = [])))]
 async fn list_collections(caller: Caller) -> Result<Json<CollectionList>, ApiError> {
-    caller.require(Action::ListCollections).await?;
-    let items = caller.tenant().await?.list_collections().await?;
+    let ctx = caller.ctx();
+    let h = caller.tenant().await?;
+    authorize(
+        caller.policy(),
+        ctx,
+        &h,
+        Action::ListCollections,
+        Resource::Tenant,
+    )
+    .await?;
+    let items = h.list_collections().await?;
     Ok(Json(CollectionList { items }))
 }
 
@@ -118,13 +137,24 @@ async fn put_collection(
     P(name): P<String>,
     body: JsonBody<PutCollection>,
 ) -> Result<(StatusCode, Json<CollectionInfo>), ApiError> {
-    caller.require(Action::ManageCollection).await?;
+    let ctx = caller.ctx();
     let name = collection_name(&name)?;
-    let PutCollection { schema, indexes } = body.value;
-    let (info, created) = caller
-        .tenant()
-        .await?
-        .put_collection(&name, schema, indexes)
+    let h = caller.tenant().await?;
+    authorize(
+        caller.policy(),
+        ctx,
+        &h,
+        Action::ManageCollection,
+        Resource::Collection(name.as_str()),
+    )
+    .await?;
+    let PutCollection {
+        schema,
+        indexes,
+        owner_field,
+    } = body.value;
+    let (info, created) = h
+        .put_collection_with_owner(&name, schema, indexes, owner_field)
         .await?;
     tracing::info!(collection = %name, version = info.version, created, "collection defined");
     Ok((
@@ -146,9 +176,18 @@ async fn get_collection(
     caller: Caller,
     P(name): P<String>,
 ) -> Result<Json<CollectionInfo>, ApiError> {
-    caller.require(Action::ListCollections).await?;
+    let ctx = caller.ctx();
     let name = collection_name(&name)?;
-    Ok(Json(caller.tenant().await?.get_collection(&name).await?))
+    let h = caller.tenant().await?;
+    authorize(
+        caller.policy(),
+        ctx,
+        &h,
+        Action::ReadCollection,
+        Resource::Collection(name.as_str()),
+    )
+    .await?;
+    Ok(Json(h.get_collection(&name).await?))
 }
 
 fn etag(version: u64) -> HeaderValue {
@@ -156,7 +195,21 @@ fn etag(version: u64) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
-fn record_response(status: StatusCode, record: &Record) -> Response {
+/// The record as this caller may see it: fields of classes it may not see are omitted.
+fn record_response(
+    status: StatusCode,
+    record: &Record,
+    fields: &FieldPolicy,
+    visible: ClassSet,
+) -> Response {
+    let mut shown;
+    let record = if fields.hidden(visible).is_empty() {
+        record
+    } else {
+        shown = record.clone();
+        mask(&mut shown.data, fields, visible);
+        &shown
+    };
     let mut resp = (status, Json(record)).into_response();
     resp.headers_mut()
         .insert(header::ETAG, etag(record.version));
@@ -222,19 +275,34 @@ async fn create_record(
     headers: HeaderMap,
     body: JsonBody<RecordBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::WriteRecord).await?;
+    let ctx = caller.ctx();
     let name = collection_name(&name)?;
     let key = idempotency_key(&headers)?;
     let idem = key.map(|key| Idempotency {
         key,
         body_digest: Sha256::digest(&body.raw).into(),
     });
-    let created = caller
-        .tenant()
-        .await?
-        .create_record(&name, body.value.data, idem)
-        .await?;
-    let mut resp = record_response(StatusCode::CREATED, &created.record);
+    let h = caller.tenant().await?;
+    let fields = h.fields(&name).await?;
+    let mut data = body.value.data;
+    // A record created without its owner is owned by its creator.
+    if let (Some(owner), Value::Object(m)) = (&fields.owner_field, &mut data)
+        && !m.contains_key(owner.as_str())
+    {
+        m.insert(
+            owner.as_str().to_owned(),
+            Value::String(ctx.subject().as_str().to_owned()),
+        );
+    }
+    let resource = Resource::Record {
+        collection: name.as_str(),
+        id: None,
+        owner: fields.owner_of(&data),
+    };
+    authorize(caller.policy(), ctx, &h, Action::CreateRecord, resource).await?;
+    let visible = visible_classes(caller.policy(), ctx, &h, name.as_str(), &fields).await?;
+    let created = h.create_record(&name, data, idem).await?;
+    let mut resp = record_response(StatusCode::CREATED, &created.record, &fields, visible);
     let location = format!("/v1/collections/{name}/records/{}", created.record.id);
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
@@ -260,7 +328,7 @@ async fn list_records(
     P(name): P<String>,
     QueryPairs(query): QueryPairs,
 ) -> Result<Json<Page>, ApiError> {
-    caller.require(Action::ListRecords).await?;
+    let ctx = caller.ctx();
     let name = collection_name(&name)?;
     let max = st.store.config().limits.max_page_size;
     let (mut limit, mut cursor, mut filters) = (100.min(max), None, Vec::new());
@@ -279,11 +347,28 @@ async fn list_records(
             },
         }
     }
-    let page = caller
-        .tenant()
-        .await?
-        .query(&name, &filters, cursor.as_deref(), limit)
-        .await?;
+    let h = caller.tenant().await?;
+    authorize(
+        caller.policy(),
+        ctx,
+        &h,
+        Action::ListRecords,
+        Resource::Collection(name.as_str()),
+    )
+    .await?;
+    let fields = h.fields(&name).await?;
+    let visible = visible_classes(caller.policy(), ctx, &h, name.as_str(), &fields).await?;
+    // Filtering on a field the caller may not see would reveal its values: refused, not
+    // answered with an empty page.
+    if filters.iter().any(|(f, _)| !fields.is_visible(f, visible)) {
+        return Err(ApiError::HiddenFilter);
+    }
+    let mut page = h.query(&name, &filters, cursor.as_deref(), limit).await?;
+    if !fields.hidden(visible).is_empty() {
+        for r in &mut page.items {
+            mask(&mut r.data, &fields, visible);
+        }
+    }
     Ok(Json(page))
 }
 
@@ -296,10 +381,20 @@ async fn get_record(
     caller: Caller,
     P((name, id)): P<(String, String)>,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::ReadRecord).await?;
+    let ctx = caller.ctx();
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
-    let record = caller.tenant().await?.get_record(&name, id).await?;
-    Ok(record_response(StatusCode::OK, &record))
+    let h = caller.tenant().await?;
+    let fields = h.fields(&name).await?;
+    let record = h.get_record(&name, id).await?;
+    let id_text = record.id.to_string();
+    let resource = Resource::Record {
+        collection: name.as_str(),
+        id: Some(&id_text),
+        owner: fields.owner_of(&record.data),
+    };
+    authorize(caller.policy(), ctx, &h, Action::ReadRecord, resource).await?;
+    let visible = visible_classes(caller.policy(), ctx, &h, name.as_str(), &fields).await?;
+    Ok(record_response(StatusCode::OK, &record, &fields, visible))
 }
 
 /// Replaces a record's data. Requires `If-Match` with the current `ETag` (428 without, 412 if stale).
@@ -315,25 +410,57 @@ async fn put_record(
     headers: HeaderMap,
     body: JsonBody<RecordBody>,
 ) -> Result<Response, ApiError> {
-    caller.require(Action::WriteRecord).await?;
+    let ctx = caller.ctx();
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
     let versions = if_match(&headers)?.ok_or(ApiError::PreconditionRequired)?;
     let h = caller.tenant().await?;
-    // With several candidate versions, the one the record is at (if any) is the one to write.
-    let expected = match versions.as_slice() {
-        [one] => *one,
-        _ => {
-            let current = h.get_record(&name, id).await?.version;
-            if !versions.contains(&current) {
-                return Err(ApiError::PreconditionFailed(current));
-            }
-            current
-        }
+    let fields = h.fields(&name).await?;
+    let visible = visible_classes(caller.policy(), ctx, &h, name.as_str(), &fields).await?;
+    let hidden = fields.hidden(visible);
+    let mut data = body.value.data;
+    // The stored record is needed when policies may look at its owner, when fields the caller
+    // cannot see must be carried over, or to pick among several `If-Match` versions.
+    let current = if fields.owner_field.is_some() || !hidden.is_empty() || versions.len() != 1 {
+        Some(h.get_record(&name, id).await?)
+    } else {
+        None
     };
-    let record = h
-        .update_record(&name, id, body.value.data, expected)
-        .await?;
-    Ok(record_response(StatusCode::OK, &record))
+    let id_text = id.to_string();
+    let owner = current.as_ref().and_then(|r| fields.owner_of(&r.data));
+    let resource = Resource::Record {
+        collection: name.as_str(),
+        id: Some(&id_text),
+        owner,
+    };
+    authorize(caller.policy(), ctx, &h, Action::UpdateRecord, resource).await?;
+    // Fields the caller cannot see (and the owner) are kept from the stored record unless the
+    // new data sets them: a caller cannot erase what it is not shown.
+    if let (Some(cur), Value::Object(m)) = (&current, &mut data) {
+        let keep = hidden
+            .iter()
+            .map(|f| f.as_str())
+            .chain(fields.owner_field.as_ref().map(|f| f.as_str()));
+        for f in keep {
+            if !m.contains_key(f)
+                && let Some(v) = cur.data.get(f)
+            {
+                m.insert(f.to_owned(), v.clone());
+            }
+        }
+    }
+    // With several candidate versions, the one the record is at (if any) is the one to write.
+    let expected = match (versions.as_slice(), &current) {
+        ([one], _) => *one,
+        (_, Some(cur)) => {
+            if !versions.contains(&cur.version) {
+                return Err(ApiError::PreconditionFailed(cur.version));
+            }
+            cur.version
+        }
+        (_, None) => return Err(ApiError::Internal),
+    };
+    let record = h.update_record(&name, id, data, expected).await?;
+    Ok(record_response(StatusCode::OK, &record, &fields, visible))
 }
 
 /// Deletes a record; with `If-Match`, only if it is still at that version.
@@ -346,7 +473,7 @@ async fn delete_record(
     P((name, id)): P<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Action::DeleteRecord).await?;
+    let ctx = caller.ctx();
     let (name, id) = (collection_name(&name)?, record_id(&id)?);
     let expected = match if_match(&headers)? {
         None => None,
@@ -357,10 +484,29 @@ async fn delete_record(
             ));
         }
     };
-    caller
-        .tenant()
-        .await?
-        .delete_record(&name, id, expected)
-        .await?;
+    let h = caller.tenant().await?;
+    let owner = owner_of_stored(&h, &name, id).await?;
+    let id_text = id.to_string();
+    let resource = Resource::Record {
+        collection: name.as_str(),
+        id: Some(&id_text),
+        owner: owner.as_deref(),
+    };
+    authorize(caller.policy(), ctx, &h, Action::DeleteRecord, resource).await?;
+    h.delete_record(&name, id, expected).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The stored record's owner, when its collection has an owner field.
+async fn owner_of_stored(
+    h: &TenantHandle<'_>,
+    name: &bulkhead_core::CollectionName,
+    id: bulkhead_core::RecordId,
+) -> Result<Option<String>, ApiError> {
+    let fields = h.fields(name).await?;
+    if fields.owner_field.is_none() {
+        return Ok(None);
+    }
+    let record = h.get_record(name, id).await?;
+    Ok(fields.owner_of(&record.data).map(str::to_owned))
 }

@@ -127,6 +127,11 @@ impl TestApp {
     /// Starts a server on `backend`. For [`Backend::Postgres`] the caller has checked that
     /// a test database is configured (as [`both_backends!`] does).
     pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, HttpConfig::default()).await
+    }
+
+    /// Starts a server on `backend` with the given HTTP settings.
+    pub async fn spawn_with(backend: Backend, config: HttpConfig) -> Self {
         let (registry, records, storage): (Arc<dyn Registry>, Arc<dyn RecordBackend>, _) =
             match backend {
                 Backend::Sqlite => {
@@ -165,7 +170,7 @@ impl TestApp {
             store.clone(),
             Verifier::new(settings()),
             OperatorCredential::from_hash(OperatorCredential::hash(ADMIN)),
-            HttpConfig::default(),
+            config,
             clock,
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -262,11 +267,16 @@ impl TestApp {
 
     /// Mints a token through the operator API.
     pub async fn token(&self, tenant: TenantId, roles: &[&str]) -> String {
+        self.token_for(tenant, "user-1", roles).await
+    }
+
+    /// Mints a token for `subject` through the operator API.
+    pub async fn token_for(&self, tenant: TenantId, subject: &str, roles: &[&str]) -> String {
         let r = self
             .post(
                 &format!("/v1/tenants/{tenant}/tokens"),
                 ADMIN,
-                json!({ "subject": "user-1", "roles": roles, "ttl_seconds": 600 }),
+                json!({ "subject": subject, "roles": roles, "ttl_seconds": 600 }),
             )
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);

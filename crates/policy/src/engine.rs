@@ -1,0 +1,611 @@
+//! The engine: the platform layer, the per-tenant cache, and decisions.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bulkhead_core::role::Decision as CoreDecision;
+use bulkhead_core::schema::{ClassSet, Classification};
+use bulkhead_core::{Action, Role, Roles, TenantId};
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicySet, Request, RestrictedExpression, Schema, Validator,
+};
+use parking_lot::RwLock;
+use serde::Serialize;
+
+use crate::source::{Layer, Problem, compile};
+use crate::{CEDAR_SCHEMA, DEFAULT_POLICIES};
+
+pub use bulkhead_core::role::Decision;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Most tenants' policy sets kept built. A tenant not in the cache is rebuilt from its
+    /// stored policies on its next request.
+    pub cache_capacity: usize,
+    /// How long a tenant's cached set is trusted before its stored policies are read again.
+    /// Bounds how long a change made on another instance takes to apply here.
+    pub ttl: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity: 10_000,
+            ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Who is asking: the subject and roles of a verified token (or, for a dry run, of the
+/// principal being asked about).
+#[derive(Debug, Clone, Copy)]
+pub struct Principal<'a> {
+    pub subject: &'a str,
+    pub roles: Roles,
+}
+
+/// What an action is done to. The tenant is always the policy set's own.
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    /// The tenant itself (`collection:list`, `policy:*`).
+    Tenant,
+    Collection(&'a str),
+    Record {
+        collection: &'a str,
+        /// `None` for a record not created yet.
+        id: Option<&'a str>,
+        owner: Option<&'a str>,
+    },
+    Field {
+        collection: &'a str,
+        classification: Classification,
+    },
+}
+
+/// A decision with the policies that made it, for dry runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+    /// Ids of the policies that decided: the permits that allowed, or the forbids that denied.
+    /// Empty for a denial because nothing permitted (deny by default).
+    pub decided_by: Vec<String>,
+    /// Policies that failed to evaluate (an error denies).
+    pub errors: Vec<String>,
+}
+
+/// The platform layer: the defaults plus the operator's policy files.
+#[derive(Debug)]
+struct Platform {
+    /// Changes whenever the layer does; cached tenant sets built on another are rebuilt.
+    generation: u64,
+    policies: Vec<Policy>,
+    /// `(source name, text)` of each operator file, for display.
+    sources: Vec<(String, String)>,
+}
+
+/// One tenant's policy set: the platform layer plus that tenant's policies, and nothing else.
+#[derive(Debug)]
+pub struct TenantPolicies {
+    tenant: TenantId,
+    platform_generation: u64,
+    /// The tenant's policy version in force, if it has any.
+    version: Option<u64>,
+    set: PolicySet,
+    loaded_at: Instant,
+}
+
+impl TenantPolicies {
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// Ids of every policy in the set.
+    pub fn policy_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.set.policies().map(|p| p.id().to_string()).collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// Entity type names and uids, parsed once.
+#[derive(Debug)]
+struct Names {
+    user: EntityTypeName,
+    tenant: EntityTypeName,
+    collection: EntityTypeName,
+    record: EntityTypeName,
+    field: EntityTypeName,
+    roles: [(Role, EntityUid); 3],
+    actions: HashMap<Action, EntityUid>,
+}
+
+impl Names {
+    fn new() -> Result<Self, String> {
+        let ty = |s: &str| EntityTypeName::from_str(s).map_err(|e| e.to_string());
+        let role = ty("Bulkhead::Role")?;
+        let action = ty("Bulkhead::Action")?;
+        let uid = |t: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
+        };
+        let roles = [Role::Admin, Role::Member, Role::Reader].map(|r| (r, uid(&role, r.as_str())));
+        let actions = Action::ALL
+            .into_iter()
+            .map(|a| (a, uid(&action, a.as_str())))
+            .collect();
+        Ok(Self {
+            user: ty("Bulkhead::User")?,
+            tenant: ty("Bulkhead::Tenant")?,
+            collection: ty("Bulkhead::Collection")?,
+            record: ty("Bulkhead::Record")?,
+            field: ty("Bulkhead::Field")?,
+            roles,
+            actions,
+        })
+    }
+}
+
+/// The policy decision point.
+pub struct Engine {
+    validator: Validator,
+    authorizer: Authorizer,
+    names: Names,
+    defaults: Vec<Policy>,
+    platform: RwLock<Arc<Platform>>,
+    cache: quick_cache::sync::Cache<TenantId, Arc<TenantPolicies>>,
+    cfg: EngineConfig,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cfg", &self.cfg)
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the engine could not start (the built-in schema or defaults failed: a build defect).
+#[derive(Debug, thiserror::Error)]
+#[error("the built-in policy schema or defaults are invalid: {0}")]
+pub struct EngineError(String);
+
+impl Engine {
+    /// An engine with the default platform policies only.
+    pub fn new(cfg: EngineConfig) -> Result<Self, EngineError> {
+        let (schema, _) =
+            Schema::from_cedarschema_str(CEDAR_SCHEMA).map_err(|e| EngineError(e.to_string()))?;
+        let validator = Validator::new(schema);
+        let defaults = compile(
+            &validator,
+            Layer::Platform,
+            "defaults.cedar",
+            DEFAULT_POLICIES,
+            "default/",
+        )
+        .map_err(|p| {
+            EngineError(
+                p.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        Ok(Self {
+            validator,
+            authorizer: Authorizer::new(),
+            names: Names::new().map_err(EngineError)?,
+            platform: RwLock::new(Arc::new(Platform {
+                generation: 0,
+                policies: defaults.clone(),
+                sources: Vec::new(),
+            })),
+            defaults,
+            cache: quick_cache::sync::Cache::new(cfg.cache_capacity.max(16)),
+            cfg,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Validates platform policy files (`(name, text)`), without applying them.
+    pub fn check_platform(&self, files: &[(String, String)]) -> Result<Vec<Policy>, Vec<Problem>> {
+        let mut policies = self.defaults.clone();
+        let mut problems = Vec::new();
+        let mut ids: HashSet<String> = policies.iter().map(|p| p.id().to_string()).collect();
+        for (name, text) in files {
+            match compile(
+                &self.validator,
+                Layer::Platform,
+                name,
+                text,
+                &format!("platform/{name}/"),
+            ) {
+                Ok(ps) => {
+                    for p in ps {
+                        if ids.insert(p.id().to_string()) {
+                            policies.push(p);
+                        } else {
+                            problems.push(Problem {
+                                source: name.clone(),
+                                line: 0,
+                                column: 0,
+                                policy: Some(p.id().to_string()),
+                                message: "the id is used by another policy".into(),
+                            });
+                        }
+                    }
+                }
+                Err(mut p) => problems.append(&mut p),
+            }
+        }
+        if problems.is_empty() {
+            Ok(policies)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Replaces the platform layer with the defaults plus `files`. On any problem the layer in
+    /// force stays as it was. Every tenant's cached set is rebuilt on its next request.
+    pub fn set_platform(&self, files: Vec<(String, String)>) -> Result<u64, Vec<Problem>> {
+        let policies = self.check_platform(&files)?;
+        let mut guard = self.platform.write();
+        let generation = guard.generation.wrapping_add(1);
+        *guard = Arc::new(Platform {
+            generation,
+            policies,
+            sources: files,
+        });
+        Ok(generation)
+    }
+
+    /// The operator's platform files in force, and the layer's generation.
+    pub fn platform_sources(&self) -> (u64, Vec<(String, String)>) {
+        let p = self.platform.read();
+        (p.generation, p.sources.clone())
+    }
+
+    /// Validates a tenant's policy text (forbid only; see the crate docs).
+    pub fn check_tenant(&self, text: &str, version: u64) -> Result<Vec<Policy>, Vec<Problem>> {
+        compile(
+            &self.validator,
+            Layer::Tenant,
+            "request",
+            text,
+            &format!("tenant/v{version}/"),
+        )
+    }
+
+    /// The tenant's cached set, if built on the platform layer in force and fresh.
+    pub fn cached(&self, tenant: TenantId) -> Option<Arc<TenantPolicies>> {
+        let generation = self.platform.read().generation;
+        self.cache
+            .get(&tenant)
+            .filter(|t| t.platform_generation == generation && t.loaded_at.elapsed() < self.cfg.ttl)
+    }
+
+    /// Builds (and caches) a tenant's set from its stored policy version, if any.
+    pub fn load(
+        &self,
+        tenant: TenantId,
+        stored: Option<(u64, &str)>,
+    ) -> Result<Arc<TenantPolicies>, Vec<Problem>> {
+        let platform = self.platform.read().clone();
+        let mut set = PolicySet::new();
+        for p in &platform.policies {
+            // Ids are unique by construction (`default/`, `platform/`, `tenant/` prefixes).
+            set.add(p.clone())
+                .map_err(|e| vec![internal(e.to_string())])?;
+        }
+        let version = match stored {
+            Some((v, text)) => {
+                for p in self.check_tenant(text, v)? {
+                    set.add(p).map_err(|e| vec![internal(e.to_string())])?;
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let built = Arc::new(TenantPolicies {
+            tenant,
+            platform_generation: platform.generation,
+            version,
+            set,
+            loaded_at: Instant::now(),
+        });
+        self.cache.insert(tenant, built.clone());
+        Ok(built)
+    }
+
+    /// Forgets a tenant's cached set (after its policies changed here).
+    pub fn invalidate(&self, tenant: TenantId) {
+        self.cache.remove(&tenant);
+    }
+
+    /// Number of tenants whose sets are cached.
+    pub fn cached_tenants(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn request(
+        &self,
+        tenant: TenantId,
+        who: &Principal<'_>,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> Option<(Request, Entities)> {
+        let n = &self.names;
+        let tenant_uid =
+            EntityUid::from_type_name_and_id(n.tenant.clone(), EntityId::new(tenant.to_string()));
+        let mut parents = HashSet::with_capacity(3);
+        let mut role_names = Vec::with_capacity(3);
+        let mut entities = Vec::with_capacity(7);
+        for (role, uid) in &n.roles {
+            if who.roles.contains(*role) {
+                parents.insert(uid.clone());
+                role_names.push(RestrictedExpression::new_string(role.as_str().to_owned()));
+                entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
+            }
+        }
+        let principal =
+            EntityUid::from_type_name_and_id(n.user.clone(), EntityId::new(who.subject));
+        let attrs = HashMap::from([
+            (
+                "subject".to_owned(),
+                RestrictedExpression::new_string(who.subject.to_owned()),
+            ),
+            (
+                "roles".to_owned(),
+                RestrictedExpression::new_set(role_names),
+            ),
+        ]);
+        entities.push(Entity::new(principal.clone(), attrs, parents).ok()?);
+        entities.push(Entity::new_no_attrs(tenant_uid.clone(), HashSet::new()));
+        let collection = |name: &str| {
+            let uid = EntityUid::from_type_name_and_id(n.collection.clone(), EntityId::new(name));
+            let e = Entity::new(
+                uid.clone(),
+                HashMap::from([(
+                    "name".to_owned(),
+                    RestrictedExpression::new_string(name.to_owned()),
+                )]),
+                HashSet::from([tenant_uid.clone()]),
+            )
+            .ok();
+            (uid, e)
+        };
+        let resource_uid = match resource {
+            Resource::Tenant => tenant_uid.clone(),
+            Resource::Collection(name) => {
+                let (uid, e) = collection(name);
+                entities.push(e?);
+                uid
+            }
+            Resource::Record {
+                collection: c,
+                id,
+                owner,
+            } => {
+                let (cuid, ce) = collection(c);
+                entities.push(ce?);
+                let uid = EntityUid::from_type_name_and_id(
+                    n.record.clone(),
+                    EntityId::new(id.unwrap_or("")),
+                );
+                let mut attrs = HashMap::with_capacity(2);
+                attrs.insert(
+                    "collection".to_owned(),
+                    RestrictedExpression::new_string((*c).to_owned()),
+                );
+                if let Some(o) = owner {
+                    attrs.insert(
+                        "owner".to_owned(),
+                        RestrictedExpression::new_string((*o).to_owned()),
+                    );
+                }
+                entities.push(Entity::new(uid.clone(), attrs, HashSet::from([cuid])).ok()?);
+                uid
+            }
+            Resource::Field {
+                collection: c,
+                classification,
+            } => {
+                let (cuid, ce) = collection(c);
+                entities.push(ce?);
+                let uid = EntityUid::from_type_name_and_id(
+                    n.field.clone(),
+                    EntityId::new(format!("{c}/{}", classification.as_str())),
+                );
+                let attrs = HashMap::from([
+                    (
+                        "collection".to_owned(),
+                        RestrictedExpression::new_string((*c).to_owned()),
+                    ),
+                    (
+                        "classification".to_owned(),
+                        RestrictedExpression::new_string(classification.as_str().to_owned()),
+                    ),
+                ]);
+                entities.push(Entity::new(uid.clone(), attrs, HashSet::from([cuid])).ok()?);
+                uid
+            }
+        };
+        let action_uid = n.actions.get(&action)?.clone();
+        let request =
+            Request::new(principal, action_uid, resource_uid, Context::empty(), None).ok()?;
+        let entities = Entities::from_entities(entities, None).ok()?;
+        Some((request, entities))
+    }
+
+    fn respond(
+        &self,
+        set: &TenantPolicies,
+        who: &Principal<'_>,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> Option<cedar_policy::Response> {
+        let (request, entities) = self.request(set.tenant, who, action, resource)?;
+        Some(self.authorizer.is_authorized(&request, &set.set, &entities))
+    }
+
+    /// Decides `action` on `resource` for `who` with one tenant's set. Deny unless a permit
+    /// matched, no forbid did, and no policy failed to evaluate.
+    pub fn decide(
+        &self,
+        set: &TenantPolicies,
+        who: &Principal<'_>,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> CoreDecision {
+        let Some(resp) = self.respond(set, who, action, resource) else {
+            return CoreDecision::Deny { action };
+        };
+        let errors = resp.diagnostics().errors().count();
+        if errors > 0 {
+            tracing::warn!(
+                tenant = %set.tenant,
+                errors,
+                action = action.as_str(),
+                "a policy failed to evaluate; denied"
+            );
+        }
+        if resp.decision() == CedarDecision::Allow && errors == 0 {
+            CoreDecision::Allow
+        } else {
+            CoreDecision::Deny { action }
+        }
+    }
+
+    /// Like [`Engine::decide`], with the policies that decided (for dry runs).
+    pub fn explain(
+        &self,
+        set: &TenantPolicies,
+        who: &Principal<'_>,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> Explanation {
+        let Some(resp) = self.respond(set, who, action, resource) else {
+            return Explanation {
+                decision: "deny",
+                decided_by: Vec::new(),
+                errors: vec!["the request could not be built".into()],
+            };
+        };
+        let mut decided_by: Vec<String> = resp
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
+        decided_by.sort();
+        let errors: Vec<String> = resp
+            .diagnostics()
+            .errors()
+            .map(ToString::to_string)
+            .collect();
+        let allowed = resp.decision() == CedarDecision::Allow && errors.is_empty();
+        Explanation {
+            decision: if allowed { "allow" } else { "deny" },
+            decided_by,
+            errors,
+        }
+    }
+
+    /// The write actions each of `policies` alone would allow a caller whose only role is
+    /// `reader` (for `bulkhead lint`): `(policy id, action)` pairs.
+    pub fn reader_writes(&self, policies: &[Policy]) -> Vec<(String, Action)> {
+        let reader = Principal {
+            subject: "lint-reader",
+            roles: Roles::from_slice(&[Role::Reader]).unwrap_or_default(),
+        };
+        let probe = TenantId::generate();
+        let mut out = Vec::new();
+        for p in policies {
+            let mut set = PolicySet::new();
+            if set.add(p.clone()).is_err() {
+                continue;
+            }
+            let one = TenantPolicies {
+                tenant: probe,
+                platform_generation: 0,
+                version: None,
+                set,
+                loaded_at: Instant::now(),
+            };
+            for action in Action::ALL.into_iter().filter(|a| a.is_write()) {
+                let resources: Vec<Resource<'_>> = match action {
+                    Action::ManagePolicies => vec![Resource::Tenant],
+                    Action::ManageCollection => vec![Resource::Collection("any")],
+                    _ => vec![
+                        Resource::Record {
+                            collection: "any",
+                            id: Some("r"),
+                            owner: None,
+                        },
+                        Resource::Record {
+                            collection: "any",
+                            id: Some("r"),
+                            owner: Some("lint-reader"),
+                        },
+                        Resource::Record {
+                            collection: "any",
+                            id: Some("r"),
+                            owner: Some("someone-else"),
+                        },
+                    ],
+                };
+                if resources
+                    .iter()
+                    .any(|r| self.decide(&one, &reader, action, r) == CoreDecision::Allow)
+                {
+                    out.push((p.id().to_string(), action));
+                }
+            }
+        }
+        out
+    }
+
+    /// The classes among `present` that `who` may see in `collection`.
+    pub fn visible_classes(
+        &self,
+        set: &TenantPolicies,
+        who: &Principal<'_>,
+        collection: &str,
+        present: ClassSet,
+    ) -> ClassSet {
+        let mut visible = ClassSet::default();
+        for c in Classification::ALL {
+            if !present.contains(c) {
+                continue;
+            }
+            let r = Resource::Field {
+                collection,
+                classification: c,
+            };
+            if self.decide(set, who, Action::ReadField, &r) == CoreDecision::Allow {
+                visible.insert(c);
+            }
+        }
+        visible
+    }
+}
+
+fn internal(message: String) -> Problem {
+    Problem {
+        source: "engine".into(),
+        line: 0,
+        column: 0,
+        policy: None,
+        message,
+    }
+}
