@@ -20,10 +20,23 @@ use tokio_postgres::{NoTls, Statement};
 pub const APP_ROLE: &str = "bulkhead_app";
 
 /// The tables with row-level security: every row belongs to one tenant.
-pub(crate) const TENANT_TABLES: [&str; 4] =
-    ["collections", "records", "record_index", "idempotency"];
+pub(crate) const TENANT_TABLES: [&str; 5] = [
+    "collections",
+    "records",
+    "record_index",
+    "idempotency",
+    // Performance isolation (migration 0005).
+    "tenant_usage",
+];
 /// Platform tables: read before a tenant context exists, no row-level security.
-pub(crate) const REGISTRY_TABLES: [&str; 3] = ["settings", "tenants", "signing_keys"];
+pub(crate) const REGISTRY_TABLES: [&str; 5] = [
+    "settings",
+    "tenants",
+    "signing_keys",
+    // Performance isolation (migration 0005).
+    "tiers",
+    "tenant_limits",
+];
 
 const BEGIN: &str = "BEGIN";
 const BEGIN_READ_ONLY: &str = "BEGIN READ ONLY";
