@@ -25,8 +25,8 @@
 //! arbitrary SQL run as `bulkhead_app`: such SQL could set `bulkhead.tenant_id` itself.
 //!
 //! The registry tables (`settings`, `tenants`, `signing_keys`, `tiers`, `tenant_limits`) are
-//! platform tables: they are
-//! read before a tenant context exists (to authenticate a request), so they have no RLS.
+//! platform tables: they are read before a tenant context exists (to authenticate a request),
+//! so they have no RLS.
 //!
 //! Performance: a transaction's `BEGIN`, `set_config`, statement and `COMMIT` are pipelined
 //! (see `Conn::transaction` in `conn.rs`): one round trip, like a bare statement (measured by
