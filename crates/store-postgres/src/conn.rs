@@ -34,7 +34,14 @@ pub(crate) const TENANT_TABLES: [&str; 9] = [
     "audit_checkpoints",
 ];
 /// Platform tables: read before a tenant context exists, no row-level security.
-pub(crate) const REGISTRY_TABLES: [&str; 3] = ["settings", "tenants", "signing_keys"];
+pub(crate) const REGISTRY_TABLES: [&str; 5] = [
+    "settings",
+    "tenants",
+    "signing_keys",
+    // Performance isolation (migration 0005).
+    "tiers",
+    "tenant_limits",
+];
 
 const BEGIN: &str = "BEGIN";
 const BEGIN_READ_ONLY: &str = "BEGIN READ ONLY";

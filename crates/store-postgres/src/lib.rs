@@ -6,11 +6,12 @@
 //!    statement on a tenant-owned table filters `tenant_id = $1`, bound from the caller's
 //!    [`Scope`], and `tenant_id` leads every key and index.
 //! 2. **Row-level security** (the second wall, PostgreSQL's own): the tenant-owned tables
-//!    (`collections`, `records`, `record_index`, `idempotency`) have RLS enabled and forced,
-//!    with a policy that shows and accepts only rows of the tenant named by the transaction's
-//!    `bulkhead.tenant_id` setting. Every tenant operation runs in a transaction that sets it
-//!    (transaction-local) to the scope's tenant; without it the tables read as empty and
-//!    refuse writes. So a statement that forgot its filter still cannot reach another tenant.
+//!    (`collections`, `records`, `record_index`, `idempotency`, `tenant_usage`) have RLS
+//!    enabled and forced, with a policy that shows and accepts only rows of the tenant named
+//!    by the transaction's `bulkhead.tenant_id` setting. Every tenant operation runs in a
+//!    transaction that sets it (transaction-local) to the scope's tenant; without it the
+//!    tables read as empty and refuse writes. So a statement that forgot its filter still
+//!    cannot reach another tenant.
 //!
 //! The second wall only stands if the role the queries run as cannot bypass RLS. Tenant
 //! traffic runs as `bulkhead_app` (created by the migrations: no login, no superuser, no
@@ -23,8 +24,9 @@
 //! `connect_app`. Either way the wall is against mistakes in Bulkhead's own SQL, not against
 //! arbitrary SQL run as `bulkhead_app`: such SQL could set `bulkhead.tenant_id` itself.
 //!
-//! The registry tables (`settings`, `tenants`, `signing_keys`) are platform tables: they are
-//! read before a tenant context exists (to authenticate a request), so they have no RLS.
+//! The registry tables (`settings`, `tenants`, `signing_keys`, `tiers`, `tenant_limits`) are
+//! platform tables: they are read before a tenant context exists (to authenticate a request),
+//! so they have no RLS.
 //!
 //! Performance: a transaction's `BEGIN`, `set_config`, statement and `COMMIT` are pipelined
 //! (see `Conn::transaction` in `conn.rs`): one round trip, like a bare statement (measured by
