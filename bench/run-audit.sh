@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Audit benchmark of Bulkhead (issue 6): the core read and write scenarios with auditing on
+# and off, side by side in one run, then `bulkhead audit verify --bench` over the audited
+# server's logs against raw SHA-256 over the same bytes.
+#
+# It starts two throw-away `bulkhead serve` processes on the embedded storage, one with the
+# defaults (auditing on) and one with BULKHEAD_AUDIT__ENABLED=false, and runs
+# `bulkhead bench <scenario>` against each in turn, alternating which goes first, RUNS times.
+# Only one server is loaded at a time. Prints medians and the on/off ratios.
+#
+# Settings (environment variables, all optional):
+#   RUNS=3 TENANTS=1000 RECORDS=10 CONNECTIONS=64 DURATION=10 WARMUP=2
+#   SCENARIOS="read write"
+#   OUT=target/bench/audit-<date>   where results go
+#   BIN=target/release/bulkhead     binary to use; SKIP_BUILD=1 to not build
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUNS=${RUNS:-3}
+TENANTS=${TENANTS:-1000}
+RECORDS=${RECORDS:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+SCENARIOS=${SCENARIOS:-"read write"}
+BIN=${BIN:-$root/target/release/bulkhead}
+OUT=${OUT:-$root/target/bench/audit-$(date +%Y%m%d-%H%M%S)}
+
+die() { echo "run-audit: $*" >&2; exit 1; }
+note() { echo "run-audit: $*" >&2; }
+
+for tool in curl jq awk python3; do
+    command -v "$tool" >/dev/null || die "\`$tool\` is needed but not installed"
+done
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    note "building the release binary"
+    cargo build --release -p bulkhead --manifest-path "$root/Cargo.toml"
+fi
+[[ -x $BIN ]] || die "no binary at $BIN"
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+mkdir -p "$OUT"
+work=$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-audit-bench.XXXXXX")
+ADMIN=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
+declare -A port pid
+cleanup() {
+    for mode in on off; do
+        if [[ -n ${pid[$mode]:-} ]] && kill -0 "${pid[$mode]}" 2>/dev/null; then
+            kill -TERM "${pid[$mode]}" 2>/dev/null || true
+            wait "${pid[$mode]}" 2>/dev/null || true
+        fi
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start() {
+    local mode=$1 enabled=$2
+    port[$mode]=$(free_port)
+    BULKHEAD_ADMIN_TOKEN=$ADMIN BULKHEAD_AUDIT__ENABLED=$enabled \
+        "$BIN" serve --listen "127.0.0.1:${port[$mode]}" --data-dir "$work/$mode" \
+        >"$OUT/server-$mode.log" 2>&1 &
+    pid[$mode]=$!
+    for _ in $(seq 300); do
+        curl -fsS "http://127.0.0.1:${port[$mode]}/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    die "the audit-$mode server did not start"
+}
+start on true
+start off false
+
+{
+    echo "date:     $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit:   $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo none)$(git -C "$root" diff --quiet 2>/dev/null || echo ' (dirty)')"
+    echo "host:     $(uname -sr), $(nproc) cores; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "settings: runs=$RUNS tenants=$TENANTS records=$RECORDS connections=$CONNECTIONS duration=${DURATION}s warmup=${WARMUP}s"
+} | tee "$OUT/machine.txt" >&2
+
+for run in $(seq "$RUNS"); do
+    # Alternate which server goes first, so drift on the machine does not favour one.
+    if ((run % 2 == 1)); then order="on off"; else order="off on"; fi
+    for scenario in $SCENARIOS; do
+        for mode in $order; do
+            note "run $run/$RUNS: $scenario, audit $mode"
+            BULKHEAD_URL=http://127.0.0.1:${port[$mode]} BULKHEAD_ADMIN_TOKEN=$ADMIN \
+                "$BIN" bench "$scenario" --json --connections "$CONNECTIONS" --duration "$DURATION" \
+                --warmup "$WARMUP" --tenants "$TENANTS" --records-per-tenant "$RECORDS" \
+                >"$OUT/$scenario-$mode-$run.json" 2>"$OUT/$scenario-$mode-$run.log" ||
+                note "  failed: $(tail -n 1 "$OUT/$scenario-$mode-$run.log")"
+            jq -r '"  \(.throughput_rps | floor) req/s, p50 \(.latency_ms.p50) ms, p99 \(.latency_ms.p99) ms, \(.errors.total) errors"' \
+                "$OUT/$scenario-$mode-$run.json" >&2 || true
+        done
+    done
+done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
+
+median='sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end'
+{
+    printf '%-8s %12s %12s %7s   %s\n' SCENARIO "ON REQ/S" "OFF REQ/S" RATIO "per run (on/off)"
+    for scenario in $SCENARIOS; do
+        on=$(jq -s "[.[].throughput_rps] | $median | floor" "$OUT/$scenario"-on-*.json)
+        off=$(jq -s "[.[].throughput_rps] | $median | floor" "$OUT/$scenario"-off-*.json)
+        runs=$(for r in $(seq "$RUNS"); do
+            printf '%s/%s ' "$(jq '.throughput_rps | floor' "$OUT/$scenario-on-$r.json")" \
+                "$(jq '.throughput_rps | floor' "$OUT/$scenario-off-$r.json")"
+        done)
+        printf '%-8s %12s %12s %7.3f   %s\n' "$scenario" "$on" "$off" "$(awk -v a="$on" -v b="$off" 'BEGIN { print a / b }')" "$runs"
+    done
+} | tee "$OUT/summary.txt"
+
+# Let the last checkpoints be signed, stop the audited server, verify its logs.
+sleep 2
+kill -TERM "${pid[on]}" && wait "${pid[on]}" || true
+pid[on]=
+note "verifying the audited server's logs (bulkhead audit verify --all --bench)"
+for r in $(seq "$RUNS"); do
+    "$BIN" audit verify --all --data-dir "$work/on" --bench --json >"$OUT/verify-$r.json"
+    jq -r '"verify: \(.entries) entries, \(.bytes) bytes in \(.seconds) s: \(.verify_mb_per_s) MB/s; raw SHA-256 \(.raw_sha256_mb_per_s) MB/s (ratio \(.ratio)); per entry \(.raw_sha256_per_entry_mb_per_s) MB/s (ratio \(.ratio_per_entry))"' \
+        "$OUT/verify-$r.json" | tee -a "$OUT/summary.txt"
+done
+note "results in $OUT"
