@@ -28,6 +28,10 @@ use crate::{BackendError, StoreError};
 
 /// How many times a write is retried when the collection changed under it.
 const STALE_RETRIES: usize = 4;
+/// How many times storing a policy version is retried when another writer took the number.
+/// Each round one concurrent writer wins, so this bounds how many admins can change one
+/// tenant's policies at the same moment without a 503.
+const POLICY_RETRIES: usize = 16;
 /// Most schema violations reported for one record.
 const MAX_VIOLATIONS: usize = 16;
 
@@ -760,7 +764,7 @@ impl TenantHandle<'_> {
             restored_from,
         };
         let plain = serde_json::to_vec(&sealed).map_err(|e| StoreError::Internal(e.to_string()))?;
-        for _ in 0..STALE_RETRIES {
+        for _ in 0..POLICY_RETRIES {
             let latest = self.backend.latest_policy(&self.scope).await?;
             let version = latest.map_or(1, |r| r.version.saturating_add(1));
             let row = PolicyRow {
