@@ -23,6 +23,9 @@
 #   CONNECTIONS=64                    `bulkhead bench` HTTP connections
 #   SETUP_CONCURRENCY=32              `bulkhead bench --setup-concurrency`
 #   PIPELINE=1                        also run the pipelined pgbench scripts (0: skip them)
+#   AUDIT=0                           Bulkhead's audit logs (0: off, the storage path alone, as
+#                                     pgbench measures it; 1: on — every read then commits an
+#                                     audit entry durably; see BENCHMARKS.md, "Audit")
 #   PERF=1                            after the rounds, one extra (unmeasured) Bulkhead read
 #                                     run under `perf record` (system-wide, then the server)
 #   PGHOST=127.0.0.1 PGPORT=5432 PGUSER=postgres   a superuser, trust authentication
@@ -45,6 +48,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 SETUP_CONCURRENCY=${SETUP_CONCURRENCY:-32}
 PIPELINE=${PIPELINE:-1}
 PERF=${PERF:-0}
+AUDIT=${AUDIT:-0}
 PGHOST=${PGHOST:-127.0.0.1}
 PGPORT=${PGPORT:-5432}
 PGUSER=${PGUSER:-postgres}
@@ -363,6 +367,7 @@ note "database $DB; starting bulkhead serve on $BULKHEAD_URL (pool $POOL_SIZE, l
 BULKHEAD_DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$DB" \
     BULKHEAD_MASTER_KEY=$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n') \
     BULKHEAD_STORAGE__POOL_SIZE=$POOL_SIZE \
+    BULKHEAD_AUDIT__ENABLED=$( ((AUDIT)) && echo true || echo false) \
     "$bin" serve --listen "127.0.0.1:$PORT" --data-dir "$work/data" >"$OUT/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 300); do
@@ -381,7 +386,7 @@ pg_started=$(psql_su -d postgres -Atc "SELECT pg_postmaster_start_time()")
     echo "cpu:         $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "postgresql:  $(psql_su -d postgres -Atc 'SHOW server_version') at $PGHOST:$PGPORT, shared_buffers $(psql_su -d postgres -Atc 'SHOW shared_buffers'), synchronous_commit $(psql_su -d postgres -Atc 'SHOW synchronous_commit'), fsync $(psql_su -d postgres -Atc 'SHOW fsync')"
     echo "pgbench:     $("$PGBENCH" --version)"
-    echo "settings:    runs=$RUNS duration=${DURATION}s warmup=${WARMUP}s (bulkhead) tenants=$TENANTS records=$RECORDS "
+    echo "settings:    runs=$RUNS duration=${DURATION}s warmup=${WARMUP}s (bulkhead) tenants=$TENANTS records=$RECORDS audit=$AUDIT"
     echo "concurrency: pgbench -c $CLIENTS -j $JOBS; bulkhead bench --connections $CONNECTIONS against a pool of $POOL_SIZE"
     echo "load:        $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min) at start"
 } | tee "$OUT/machine.txt" >&2
