@@ -90,13 +90,16 @@ say "database $DB created; PostgreSQL $PG_VERSION/$PG_CLUSTER will be restarted"
 ADMIN_TOKEN=bh_admin_restart_$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')
 MASTER_KEY=$(head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
 
-# `env -u` every inherited BULKHEAD_* setting, so only what is given here applies.
+# `env -u` every inherited BULKHEAD_* setting, so only what is given here applies. Per-tenant
+# rate and concurrency limits are off: this check is about durability, and its writers would
+# otherwise be throttled as any tenant over its tier would (that is tested in http/limits.rs).
 mapfile -t UNSET < <(env | sed -n 's/^\(BULKHEAD_[A-Za-z0-9_]*\)=.*/-u\n\1/p')
 env "${UNSET[@]}" \
     BULKHEAD_DATABASE_URL="$DB_URL" \
     BULKHEAD_MASTER_KEY="$MASTER_KEY" \
     BULKHEAD_ADMIN_TOKEN="$ADMIN_TOKEN" \
     BULKHEAD_REQUEST_TIMEOUT_SECONDS="$REQUEST_TIMEOUT" \
+    BULKHEAD_LIMITS__ENABLED=false \
     RUST_LOG=info \
     "$BIN" serve --listen 127.0.0.1:0 --log-format json --data-dir "$WORK/data" \
     >/dev/null 2>"$WORK/serve.log" &
