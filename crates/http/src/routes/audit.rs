@@ -216,16 +216,7 @@ async fn operator_entries(
     QueryPairs(q): QueryPairs,
 ) -> Result<Json<AuditPage>, ApiError> {
     let scope = st.store.operator_audit(log_id(&log)?);
-    st.store
-        .audit()
-        .record_operator(
-            "audit.read",
-            &format!("audit/{log}"),
-            Outcome::Success,
-            &op.0,
-            "",
-        )
-        .await?;
+    record_operator_read(&st, &op, &log).await?;
     Ok(Json(list(&st, &scope, q).await?))
 }
 
@@ -240,16 +231,7 @@ async fn operator_checkpoint(
     P(log): P<String>,
 ) -> Result<Json<CheckpointJson>, ApiError> {
     let scope = st.store.operator_audit(log_id(&log)?);
-    st.store
-        .audit()
-        .record_operator(
-            "audit.read",
-            &format!("audit/{log}"),
-            Outcome::Success,
-            &op.0,
-            "",
-        )
-        .await?;
+    record_operator_read(&st, &op, &log).await?;
     Ok(Json(
         st.store.audit().latest_checkpoint(&scope).await?.to_json(),
     ))
@@ -268,16 +250,7 @@ async fn operator_inclusion(
 ) -> Result<Json<InclusionProofJson>, ApiError> {
     let (seq, size) = two(q, "seq", "size")?;
     let scope = st.store.operator_audit(log_id(&log)?);
-    st.store
-        .audit()
-        .record_operator(
-            "audit.read",
-            &format!("audit/{log}"),
-            Outcome::Success,
-            &op.0,
-            "",
-        )
-        .await?;
+    record_operator_read(&st, &op, &log).await?;
     Ok(Json(st.store.audit().inclusion(&scope, seq, size).await?))
 }
 
@@ -294,6 +267,12 @@ async fn operator_consistency(
 ) -> Result<Json<ConsistencyProofJson>, ApiError> {
     let (from, to) = two(q, "from", "to")?;
     let scope = st.store.operator_audit(log_id(&log)?);
+    record_operator_read(&st, &op, &log).await?;
+    Ok(Json(st.store.audit().consistency(&scope, from, to).await?))
+}
+
+/// Records an operator's read of `log` in the operator log, durably, before it is answered.
+async fn record_operator_read(st: &AppState, op: &Operator, log: &str) -> Result<(), ApiError> {
     st.store
         .audit()
         .record_operator(
@@ -304,5 +283,5 @@ async fn operator_consistency(
             "",
         )
         .await?;
-    Ok(Json(st.store.audit().consistency(&scope, from, to).await?))
+    Ok(())
 }
