@@ -115,6 +115,10 @@ async fn a_changed_tier_or_override_applies_without_restart(backend: Backend) {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(app.get("/v1/collections", &ta).await.status, 200);
+    // The debt a tenant carries over a change of rate is what it owes at the old rate: let the
+    // fast tier's few requests (2 ms apart at 500/s) be paid off before slowing it down, so the
+    // override below starts from a clean slate however fast this machine ran the lines above.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     // A tenant's own override beats its tier; the operator can read it back.
     let r = app
         .call(
