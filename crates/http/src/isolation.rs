@@ -210,11 +210,17 @@ fn record_limit_event<'a>(
 ) -> impl std::future::Future<Output = ()> + Send + 'a {
     // What the entry needs from the request is taken now: the request is not `Sync`, so it
     // cannot be held across the append.
-    let wanted = st.store.audit().enabled() && st.isolation.limit_events.admit(ctx.tenant(), kind);
-    let meta = crate::auth::request_meta_of(req.headers(), req.extensions());
-    let action = format!("{} {}", req.method(), req.uri().path());
+    // Built only for the event that is recorded: a flood's other refusals allocate nothing.
+    let wanted = (st.store.audit().enabled()
+        && st.isolation.limit_events.admit(ctx.tenant(), kind))
+    .then(|| {
+        (
+            crate::auth::request_meta_of(req.headers(), req.extensions()),
+            format!("{} {}", req.method(), req.uri().path()),
+        )
+    });
     async move {
-        if wanted {
+        if let Some((meta, action)) = wanted {
             limit_event(st, ctx, kind, meta, action).await;
         }
     }

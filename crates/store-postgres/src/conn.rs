@@ -216,6 +216,15 @@ impl Drop for Conn {
     }
 }
 
+/// Where an audit append goes relative to the statement it vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppendOrder {
+    /// After it: the append checks that the change (or the read record) is there.
+    After,
+    /// Before it: the append locks the record it vouches for (a delete).
+    Before,
+}
+
 /// Whether a transaction only reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -331,6 +340,33 @@ impl Conn {
         statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, BackendError> {
         self.run(statement).await
+    }
+
+    /// A [`Conn::tenant_statement`] that must commit together with an audit append when
+    /// `append` is given: then both go in one pipelined write transaction (still one round
+    /// trip), in the order `order` says; without it, the statement alone, as its own
+    /// transaction. Returns the statement's result.
+    pub(crate) async fn tenant_statement_audited<T, U>(
+        &self,
+        tenant: TenantId,
+        statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+        append: Option<impl Future<Output = Result<U, tokio_postgres::Error>>>,
+        order: AppendOrder,
+    ) -> Result<T, BackendError> {
+        let Some(append) = append else {
+            return self.tenant_statement(statement).await;
+        };
+        let (tx, []) = self.prepare_tx(Mode::Write, []).await?;
+        match order {
+            AppendOrder::After => {
+                let both = futures::future::try_join(statement, append);
+                Ok(self.transaction(&tx, tenant, both).await?.0)
+            }
+            AppendOrder::Before => {
+                let both = futures::future::try_join(append, statement);
+                Ok(self.transaction(&tx, tenant, both).await?.1)
+            }
+        }
     }
 
     /// Runs `body` in one transaction with `tenant` set for row-level security.

@@ -54,7 +54,7 @@ use bulkhead_store::port::{
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use crate::conn::{Conn, Identity, Mode};
+use crate::conn::{AppendOrder, Conn, Identity, Mode};
 use crate::sql::{col, micros, sql_limit, sql_version};
 
 pub use crate::conn::APP_ROLE;
@@ -511,22 +511,21 @@ impl RecordBackend for PostgresStore {
             &expires,
         ];
         let write = conn.client()?.query_one(&st, &params);
-        // The audit entry rides the same pipelined transaction (see `audit.rs`).
-        let out = match audit {
-            None => conn.tenant_statement(write).await?,
-            Some(entry) => {
-                // With its audit entry: a pipelined transaction of the two statements (the
-                // record function sets the tenant too, harmlessly).
-                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
-                let [ast] = conn.prepare([audit::AFTER_INSERT]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                    &[&tenant, &collection, &id, &entry];
-                let append = conn.client()?.execute(&ast, ap);
-                conn.transaction(&tx, t, audit::both(write, append))
-                    .await?
-                    .0
-            }
+        // With its audit entry, both commit in one pipelined transaction (see `audit.rs`).
+        let ast = match audit {
+            Some(_) => Some(conn.prepare([audit::AFTER_INSERT]).await?),
+            None => None,
         };
+        let entry = audit.unwrap_or_default();
+        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+            &[&tenant, &collection, &id, &entry];
+        let append = match &ast {
+            Some([ast]) => Some(conn.client()?.execute(ast, ap)),
+            None => None,
+        };
+        let out = conn
+            .tenant_statement_audited(t, write, append, AppendOrder::After)
+            .await?;
         match outcome(&out)?.as_str() {
             "inserted" => Ok(InsertOutcome::Inserted),
             "replayed" => Ok(InsertOutcome::Replayed(col(&out, 1)?)),
@@ -550,20 +549,21 @@ impl RecordBackend for PostgresStore {
         let (tenant, collection, id) = (t.as_uuid(), name.as_str(), id.as_uuid());
         let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, &collection, &id];
         let read = conn.client()?.query_opt(&st, rp);
-        // The audit entry rides the same pipelined transaction (see `audit.rs`).
-        let row = match audit {
-            None => conn.tenant_statement(read).await?,
-            Some(entry) => {
-                // With its audit entry: a pipelined transaction of the two statements (the
-                // record function sets the tenant too, harmlessly).
-                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
-                let [ast] = conn.prepare([audit::AFTER_INSERT]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                    &[&tenant, &collection, &id, &entry];
-                let append = conn.client()?.execute(&ast, ap);
-                conn.transaction(&tx, t, audit::both(read, append)).await?.0
-            }
+        // With its audit entry, both commit in one pipelined transaction (see `audit.rs`).
+        let ast = match audit {
+            Some(_) => Some(conn.prepare([audit::AFTER_INSERT]).await?),
+            None => None,
         };
+        let entry = audit.unwrap_or_default();
+        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+            &[&tenant, &collection, &id, &entry];
+        let append = match &ast {
+            Some([ast]) => Some(conn.client()?.execute(ast, ap)),
+            None => None,
+        };
+        let row = conn
+            .tenant_statement_audited(t, read, append, AppendOrder::After)
+            .await?;
         row.map(|r| sql::record(&r)).transpose()
     }
 
@@ -598,22 +598,21 @@ impl RecordBackend for PostgresStore {
             &tokens,
         ];
         let write = conn.client()?.query_one(&st, &params);
-        // The audit entry rides the same pipelined transaction (see `audit.rs`).
-        let out = match audit {
-            None => conn.tenant_statement(write).await?,
-            Some(entry) => {
-                // With its audit entry: a pipelined transaction of the two statements (the
-                // record function sets the tenant too, harmlessly).
-                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
-                let [ast] = conn.prepare([audit::AFTER_UPDATE]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                    &[&tenant, &collection, &id, &version, &data, &entry];
-                let append = conn.client()?.execute(&ast, ap);
-                conn.transaction(&tx, t, audit::both(write, append))
-                    .await?
-                    .0
-            }
+        // With its audit entry, both commit in one pipelined transaction (see `audit.rs`).
+        let ast = match audit {
+            Some(_) => Some(conn.prepare([audit::AFTER_UPDATE]).await?),
+            None => None,
         };
+        let entry = audit.unwrap_or_default();
+        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+            &[&tenant, &collection, &id, &version, &data, &entry];
+        let append = match &ast {
+            Some([ast]) => Some(conn.client()?.execute(ast, ap)),
+            None => None,
+        };
+        let out = conn
+            .tenant_statement_audited(t, write, append, AppendOrder::After)
+            .await?;
         write_outcome(&out)
     }
 
@@ -634,23 +633,21 @@ impl RecordBackend for PostgresStore {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&tenant, &collection, &id, &expected];
         let write = conn.client()?.query_one(&st, &params);
-        // The audit entry rides the same pipelined transaction, sent BEFORE the delete (it
-        // locks the record it vouches for; see `audit.rs`).
-        let out = match audit {
-            None => conn.tenant_statement(write).await?,
-            Some(entry) => {
-                // With its audit entry: a pipelined transaction of the two statements (the
-                // record function sets the tenant too, harmlessly).
-                let (tx, []) = conn.prepare_tx(Mode::Write, []).await?;
-                let [ast] = conn.prepare([audit::BEFORE_DELETE]).await?;
-                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                    &[&tenant, &collection, &id, &expected, &entry];
-                let append = conn.client()?.execute(&ast, ap);
-                conn.transaction(&tx, t, audit::both(append, write))
-                    .await?
-                    .1
-            }
+        // With its audit entry, both commit in one pipelined transaction (see `audit.rs`).
+        let ast = match audit {
+            Some(_) => Some(conn.prepare([audit::BEFORE_DELETE]).await?),
+            None => None,
         };
+        let entry = audit.unwrap_or_default();
+        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
+            &[&tenant, &collection, &id, &expected, &entry];
+        let append = match &ast {
+            Some([ast]) => Some(conn.client()?.execute(ast, ap)),
+            None => None,
+        };
+        let out = conn
+            .tenant_statement_audited(t, write, append, AppendOrder::Before)
+            .await?;
         write_outcome(&out)
     }
 
@@ -679,36 +676,26 @@ impl RecordBackend for PostgresStore {
             Some(entry) => Some((conn.prepare([audit::APPEND]).await?, entry)),
             None => None,
         };
-        let rows = match all_of.split_first() {
-            None => {
-                let (tx, [st]) = conn.prepare_tx(mode, [sql::LIST_RECORDS]).await?;
-                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                    &[&tenant, &collection, &after, &limit];
-                let read = conn.client()?.query(&st, rp);
-                match &append {
-                    None => conn.transaction(&tx, t, read).await?,
-                    Some(([ast], entry)) => {
-                        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, entry];
-                        let write = conn.client()?.execute(ast, ap);
-                        conn.transaction(&tx, t, audit::both(read, write)).await?.0
-                    }
-                }
-            }
-            Some((first, rest)) => {
-                let rest: Vec<&[u8]> = rest.iter().map(|t| t.as_slice()).collect();
-                let (tx, [st]) = conn.prepare_tx(mode, [sql::FILTER_RECORDS]).await?;
-                let first = first.as_slice();
-                let rp: &[&(dyn tokio_postgres::types::ToSql + Sync)] =
-                    &[&tenant, &collection, &first, &after, &rest, &limit];
-                let read = conn.client()?.query(&st, rp);
-                match &append {
-                    None => conn.transaction(&tx, t, read).await?,
-                    Some(([ast], entry)) => {
-                        let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, entry];
-                        let write = conn.client()?.execute(ast, ap);
-                        conn.transaction(&tx, t, audit::both(read, write)).await?.0
-                    }
-                }
+        let rest: Vec<&[u8]> = all_of.iter().skip(1).map(|t| t.as_slice()).collect();
+        let first = all_of.first().map(|t| t.as_slice());
+        let (statement, rp): (_, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>) = match &first {
+            None => (
+                sql::LIST_RECORDS,
+                vec![&tenant, &collection, &after, &limit],
+            ),
+            Some(first) => (
+                sql::FILTER_RECORDS,
+                vec![&tenant, &collection, first, &after, &rest, &limit],
+            ),
+        };
+        let (tx, [st]) = conn.prepare_tx(mode, [statement]).await?;
+        let read = conn.client()?.query(&st, &rp);
+        let rows = match &append {
+            None => conn.transaction(&tx, t, read).await?,
+            Some(([ast], entry)) => {
+                let ap: &[&(dyn tokio_postgres::types::ToSql + Sync)] = &[&tenant, entry];
+                let write = conn.client()?.execute(ast, ap);
+                conn.transaction(&tx, t, audit::both(read, write)).await?.0
             }
         };
         rows.iter().map(sql::record).collect()
