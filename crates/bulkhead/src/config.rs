@@ -93,6 +93,9 @@ pub struct PolicyConfig {
     /// Seconds a tenant's policy set is trusted before its stored policies are read again
     /// (how long a change made on another instance takes to apply here).
     pub cache_ttl_seconds: u64,
+    /// Most policy decisions remembered in memory (keyed by the exact policy set, principal,
+    /// action and resource attributes; see docs/policies.md). 0 evaluates every decision.
+    pub decision_cache_capacity: usize,
 }
 
 impl Default for PolicyConfig {
@@ -103,6 +106,7 @@ impl Default for PolicyConfig {
             reload_seconds: 2,
             cache_capacity: 10_000,
             cache_ttl_seconds: 5,
+            decision_cache_capacity: 65_536,
         }
     }
 }

@@ -259,6 +259,7 @@ pub async fn build(
         policy_engine: bulkhead_policy::EngineConfig {
             cache_capacity: cfg.policy.cache_capacity,
             ttl: Duration::from_secs(cfg.policy.cache_ttl_seconds),
+            decision_cache_capacity: cfg.policy.decision_cache_capacity,
         },
         policy_dir: cfg.policy.dir.clone(),
     };

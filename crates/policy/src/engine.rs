@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bulkhead_core::role::Decision as CoreDecision;
@@ -29,6 +30,8 @@ pub struct EngineConfig {
     /// How long a tenant's cached set is trusted before its stored policies are read again.
     /// Bounds how long a change made on another instance takes to apply here.
     pub ttl: Duration,
+    /// Most decisions remembered (see [`Engine::decide`]); 0 evaluates every decision.
+    pub decision_cache_capacity: usize,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
         Self {
             cache_capacity: 10_000,
             ttl: Duration::from_secs(5),
+            decision_cache_capacity: 65_536,
         }
     }
 }
@@ -92,9 +96,17 @@ struct Platform {
 #[derive(Debug)]
 pub struct TenantPolicies {
     tenant: TenantId,
+    /// Names this set's content: two sets share an id only when they hold the same policies
+    /// (same platform layer, same tenant version and text). Remembered decisions are keyed
+    /// by it, so a changed set never sees a decision made under another.
+    id: u64,
     platform_generation: u64,
-    /// The tenant's policy version in force, if it has any.
+    /// The tenant's policy version in force, if it has any, and its text.
     version: Option<u64>,
+    text: Option<String>,
+    /// Whether a policy names a record by its id (`Bulkhead::Record::"…"`): only then is the
+    /// record id part of what a decision depends on.
+    names_records: bool,
     set: PolicySet,
     loaded_at: Instant,
 }
@@ -161,6 +173,10 @@ pub struct Engine {
     defaults: Vec<Policy>,
     platform: RwLock<Arc<Platform>>,
     cache: quick_cache::sync::Cache<TenantId, Arc<TenantPolicies>>,
+    /// Remembered decisions: key from [`decision_key`], value `true` for allow.
+    decisions: Option<quick_cache::sync::Cache<Vec<u8>, bool>>,
+    /// Source of set ids.
+    next_set: AtomicU64,
     cfg: EngineConfig,
 }
 
@@ -210,6 +226,9 @@ impl Engine {
             })),
             defaults,
             cache: quick_cache::sync::Cache::new(cfg.cache_capacity.max(16)),
+            decisions: (cfg.decision_cache_capacity > 0)
+                .then(|| quick_cache::sync::Cache::new(cfg.decision_cache_capacity)),
+            next_set: AtomicU64::new(1),
             cfg,
         })
     }
@@ -317,10 +336,29 @@ impl Engine {
             }
             None => None,
         };
+        let text = stored.map(|(_, t)| t.to_owned());
+        // A reload of the same content (the TTL ran out, nothing changed) keeps the set's id,
+        // and with it the decisions remembered for it.
+        let id = self
+            .cache
+            .get(&tenant)
+            .filter(|old| {
+                old.platform_generation == platform.generation
+                    && old.version == version
+                    && old.text == text
+            })
+            .map_or_else(
+                || self.next_set.fetch_add(1, Ordering::Relaxed),
+                |old| old.id,
+            );
+        let names_records = set.policies().any(|p| names_record(&p.to_json().ok()));
         let built = Arc::new(TenantPolicies {
             tenant,
+            id,
             platform_generation: platform.generation,
             version,
+            text,
+            names_records,
             set,
             loaded_at: Instant::now(),
         });
@@ -461,6 +499,13 @@ impl Engine {
 
     /// Decides `action` on `resource` for `who` with one tenant's set. Deny unless a permit
     /// matched, no forbid did, and no policy failed to evaluate.
+    ///
+    /// Decisions are remembered: Cedar is deterministic, and a decision depends only on the
+    /// policies (the set's id), the principal (subject and roles), the action and the
+    /// resource's attributes (the record id only when a policy names a record), with an
+    /// empty context. The key holds all of them in full (no hash stands in for them), so a
+    /// remembered decision is the one evaluation would make. Decisions that hit an
+    /// evaluation error are not remembered.
     pub fn decide(
         &self,
         set: &TenantPolicies,
@@ -468,8 +513,35 @@ impl Engine {
         action: Action,
         resource: &Resource<'_>,
     ) -> CoreDecision {
+        let Some(memo) = &self.decisions else {
+            return self.evaluate(set, who, action, resource).0;
+        };
+        let key = decision_key(set, who, action, resource);
+        if let Some(allow) = memo.get(&key) {
+            return if allow {
+                CoreDecision::Allow
+            } else {
+                CoreDecision::Deny { action }
+            };
+        }
+        let (decision, clean) = self.evaluate(set, who, action, resource);
+        if clean {
+            memo.insert(key, decision == CoreDecision::Allow);
+        }
+        decision
+    }
+
+    /// Decides without the memory of earlier decisions: the full Cedar evaluation (what
+    /// the decision micro-benchmark measures). The flag is false when a policy failed.
+    pub fn evaluate(
+        &self,
+        set: &TenantPolicies,
+        who: &Principal<'_>,
+        action: Action,
+        resource: &Resource<'_>,
+    ) -> (CoreDecision, bool) {
         let Some(resp) = self.respond(set, who, action, resource) else {
-            return CoreDecision::Deny { action };
+            return (CoreDecision::Deny { action }, false);
         };
         let errors = resp.diagnostics().errors().count();
         if errors > 0 {
@@ -480,11 +552,17 @@ impl Engine {
                 "a policy failed to evaluate; denied"
             );
         }
-        if resp.decision() == CedarDecision::Allow && errors == 0 {
+        let decision = if resp.decision() == CedarDecision::Allow && errors == 0 {
             CoreDecision::Allow
         } else {
             CoreDecision::Deny { action }
-        }
+        };
+        (decision, errors == 0)
+    }
+
+    /// Number of decisions remembered.
+    pub fn remembered_decisions(&self) -> u64 {
+        self.decisions.as_ref().map_or(0, |m| m.len() as u64)
     }
 
     /// Like [`Engine::decide`], with the policies that decided (for dry runs).
@@ -537,8 +615,11 @@ impl Engine {
             }
             let one = TenantPolicies {
                 tenant: probe,
+                id: self.next_set.fetch_add(1, Ordering::Relaxed),
                 platform_generation: 0,
                 version: None,
+                text: None,
+                names_records: true,
                 set,
                 loaded_at: Instant::now(),
             };
@@ -598,6 +679,97 @@ impl Engine {
         }
         visible
     }
+}
+
+/// The memory key of a decision: every input the decision can depend on, each
+/// length-prefixed so no two inputs share a key.
+fn decision_key(
+    set: &TenantPolicies,
+    who: &Principal<'_>,
+    action: Action,
+    resource: &Resource<'_>,
+) -> Vec<u8> {
+    fn put(k: &mut Vec<u8>, s: &str) {
+        k.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        k.extend_from_slice(s.as_bytes());
+    }
+    let mut k = Vec::with_capacity(96);
+    k.extend_from_slice(&set.id.to_le_bytes());
+    k.extend_from_slice(set.tenant.as_bytes());
+    for (i, role) in [Role::Admin, Role::Member, Role::Reader]
+        .into_iter()
+        .enumerate()
+    {
+        if who.roles.contains(role) {
+            k.push(u8::try_from(i).unwrap_or(u8::MAX));
+        }
+    }
+    k.push(b'|');
+    put(&mut k, action.as_str());
+    put(&mut k, who.subject);
+    match resource {
+        Resource::Tenant => k.push(0),
+        Resource::Collection(c) => {
+            k.push(1);
+            put(&mut k, c);
+        }
+        Resource::Record {
+            collection,
+            id,
+            owner,
+        } => {
+            k.push(2);
+            put(&mut k, collection);
+            match id {
+                Some(id) if set.names_records => {
+                    k.push(1);
+                    put(&mut k, id);
+                }
+                // `None` and `Some("")` build the same entity.
+                None if set.names_records => {
+                    k.push(1);
+                    put(&mut k, "");
+                }
+                _ => k.push(0),
+            }
+            match owner {
+                Some(o) => {
+                    k.push(1);
+                    put(&mut k, o);
+                }
+                None => k.push(0),
+            }
+        }
+        Resource::Field {
+            collection,
+            classification,
+        } => {
+            k.push(3);
+            put(&mut k, collection);
+            put(&mut k, classification.as_str());
+        }
+    }
+    k
+}
+
+/// Whether a policy (as Cedar's JSON form) holds a literal record uid (`{"type":
+/// "Bulkhead::Record", "id": …}`), in its scope or its conditions. Conservative: a policy
+/// that cannot be read as JSON counts as naming records.
+fn names_record(json: &Option<serde_json::Value>) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                let is_record_uid = m.contains_key("id")
+                    && m.get("type")
+                        .and_then(serde_json::Value::as_str)
+                        .is_some_and(|t| t == "Record" || t.ends_with("::Record"));
+                is_record_uid || m.values().any(walk)
+            }
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    json.as_ref().is_none_or(walk)
 }
 
 fn internal(message: String) -> Problem {

@@ -241,6 +241,7 @@ fn the_cache_is_bounded() {
     let e = Engine::new(EngineConfig {
         cache_capacity: 32,
         ttl: std::time::Duration::from_secs(60),
+        ..EngineConfig::default()
     })
     .unwrap();
     for _ in 0..1000 {
