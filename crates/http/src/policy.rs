@@ -67,12 +67,20 @@ pub async fn tenant_policies(
 ) -> Result<Arc<TenantPolicies>, ApiError> {
     // INVARIANT: the tenant is the handle's, which is the verified context's.
     let tenant = h.tenant();
-    if let Some(set) = engine.cached(tenant) {
+    // Fresh for `policy.cache_ttl_seconds`, or, with several instances over one database, until
+    // the change feed reports a change of the tenant (a policy put on another instance).
+    let ttl = engine.config().ttl;
+    if let Some(set) = engine.cached_if(tenant, |loaded_at| h.cache_fresh(loaded_at, ttl)) {
         return Ok(set);
     }
+    let read_at = std::time::Instant::now();
     let stored = h.active_policy().await?;
     engine
-        .load(tenant, stored.as_ref().map(|p| (p.version, p.text.as_str())))
+        .load_as_of(
+            tenant,
+            stored.as_ref().map(|p| (p.version, p.text.as_str())),
+            read_at,
+        )
         .map_err(|problems| {
             // Stored policies were valid when written; failing now is a defect, and the
             // request is denied rather than decided without them.

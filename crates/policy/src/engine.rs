@@ -120,6 +120,11 @@ impl TenantPolicies {
         self.version
     }
 
+    /// When the stored policies this set was built from were read.
+    pub fn loaded_at(&self) -> Instant {
+        self.loaded_at
+    }
+
     /// Ids of every policy in the set.
     pub fn policy_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.set.policies().map(|p| p.id().to_string()).collect();
@@ -314,11 +319,35 @@ impl Engine {
             .filter(|t| t.platform_generation == generation && t.loaded_at.elapsed() < self.cfg.ttl)
     }
 
+    /// The tenant's cached set, if built on the platform layer in force and `fresh` says the
+    /// time its stored policies were read (`TenantPolicies::loaded_at`) is recent enough.
+    pub fn cached_if(
+        &self,
+        tenant: TenantId,
+        fresh: impl FnOnce(Instant) -> bool,
+    ) -> Option<Arc<TenantPolicies>> {
+        let generation = self.platform.read().generation;
+        self.cache
+            .get(&tenant)
+            .filter(|t| t.platform_generation == generation && fresh(t.loaded_at))
+    }
+
     /// Builds (and caches) a tenant's set from its stored policy version, if any.
     pub fn load(
         &self,
         tenant: TenantId,
         stored: Option<(u64, &str)>,
+    ) -> Result<Arc<TenantPolicies>, Vec<Problem>> {
+        self.load_as_of(tenant, stored, Instant::now())
+    }
+
+    /// Like [`Engine::load`], for stored policies read at `read_at` (when the read began):
+    /// the set counts as loaded then, so a change committed during the read is not missed.
+    pub fn load_as_of(
+        &self,
+        tenant: TenantId,
+        stored: Option<(u64, &str)>,
+        read_at: Instant,
     ) -> Result<Arc<TenantPolicies>, Vec<Problem>> {
         let platform = self.platform.read().clone();
         let mut set = PolicySet::new();
@@ -360,7 +389,7 @@ impl Engine {
             text,
             names_records,
             set,
-            loaded_at: Instant::now(),
+            loaded_at: read_at,
         });
         self.cache.insert(tenant, built.clone());
         Ok(built)

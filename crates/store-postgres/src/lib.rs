@@ -402,11 +402,9 @@ impl RecordBackend for PostgresStore {
         // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
         let t = s.tenant();
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Read, [sql::COLLECTION]).await?;
+        let [st] = conn.prepare([sql::COLLECTION]).await?;
         let row = conn
-            .transaction(
-                &tx,
-                t,
+            .tenant_statement(
                 conn.client()?
                     .query_opt(&st, &[&t.as_uuid(), &name.as_str()]),
             )

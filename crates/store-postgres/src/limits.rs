@@ -11,7 +11,6 @@ use bulkhead_store::BackendError;
 use bulkhead_store::port::TierRow;
 
 use crate::PostgresStore;
-use crate::conn::Mode;
 use crate::sql::{col, from_micros, micros};
 
 const TIERS: &str = "SELECT name, limits, updated_at FROM tiers ORDER BY name";
@@ -23,10 +22,8 @@ const SET_TENANT_OVERRIDES: &str =
      ON CONFLICT (tenant_id) DO UPDATE SET overrides = excluded.overrides";
 const CLEAR_TENANT_OVERRIDES: &str = "DELETE FROM tenant_limits WHERE tenant_id = $1";
 /// INVARIANT: both tenant-owned tables are filtered on `$1`, the scope's tenant.
-const USAGE: &str = "SELECT
-         coalesce((SELECT sum(records)::bigint FROM tenant_usage WHERE tenant_id = $1), 0),
-         coalesce((SELECT sum(bytes)::bigint FROM tenant_usage WHERE tenant_id = $1), 0),
-         (SELECT count(*) FROM collections WHERE tenant_id = $1)";
+/// One statement: the function sets the tenant for row-level security itself (0007).
+const USAGE: &str = "SELECT records, bytes, collections FROM bulkhead_usage($1)";
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &str) -> Result<T, BackendError> {
     serde_json::from_str(raw).map_err(|e| BackendError::Other(format!("stored {what}: {e}")))
@@ -109,9 +106,9 @@ impl PostgresStore {
     /// INVARIANT: `t` is the scope's tenant: bound as `$1` and set for row-level security.
     pub(crate) async fn usage_impl(&self, t: TenantId) -> Result<Usage, BackendError> {
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Read, [USAGE]).await?;
+        let [st] = conn.prepare([USAGE]).await?;
         let row = conn
-            .transaction(&tx, t, conn.client()?.query_one(&st, &[&t.as_uuid()]))
+            .tenant_statement(conn.client()?.query_one(&st, &[&t.as_uuid()]))
             .await?;
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
         Ok(Usage {

@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "registry_feed",
         include_str!("../migrations/0006_registry_feed.sql"),
     ),
+    (
+        7,
+        "tenant_reads",
+        include_str!("../migrations/0007_tenant_reads.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations hold (an arbitrary constant: "bulkhead" in ASCII).

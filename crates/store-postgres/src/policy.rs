@@ -13,8 +13,8 @@ const INSERT_POLICY: &str = "INSERT INTO policies (tenant_id, version, sealed, c
      VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, version) DO NOTHING";
 const POLICIES: &str =
     "SELECT version, sealed, created_at FROM policies WHERE tenant_id = $1 ORDER BY version";
-const LATEST_POLICY: &str = "SELECT version, sealed, created_at FROM policies
-     WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1";
+/// One statement: the function sets the tenant for row-level security itself (0007).
+const LATEST_POLICY: &str = "SELECT version, sealed, created_at FROM bulkhead_latest_policy($1)";
 
 fn policy(r: &Row) -> Result<PolicyRow, BackendError> {
     Ok(PolicyRow {
@@ -65,9 +65,9 @@ impl PostgresStore {
         // INVARIANT: the tenant is the scope's, bound as `$1` and set for RLS.
         let t = s.tenant();
         let conn = self.conn().await?;
-        let (tx, [st]) = conn.prepare_tx(Mode::Read, [LATEST_POLICY]).await?;
+        let [st] = conn.prepare([LATEST_POLICY]).await?;
         let row = conn
-            .transaction(&tx, t, conn.client()?.query_opt(&st, &[&t.as_uuid()]))
+            .tenant_statement(conn.client()?.query_opt(&st, &[&t.as_uuid()]))
             .await?;
         row.map(|r| policy(&r)).transpose()
     }

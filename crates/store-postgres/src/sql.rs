@@ -115,9 +115,9 @@ pub(crate) const CREATE_COLLECTION: &str = "INSERT INTO collections
 pub(crate) const REPLACE_COLLECTION: &str =
     "SELECT bulkhead_replace_collection($1, $2, $3, $4, $5, $6, $7)";
 
+/// One statement: the function sets the tenant for row-level security itself (0007).
 pub(crate) const COLLECTION: &str =
-    "SELECT name, version, definition, created_at, updated_at FROM collections
-      WHERE tenant_id = $1 AND name = $2";
+    "SELECT name, version, definition, created_at, updated_at FROM bulkhead_get_collection($1, $2)";
 
 pub(crate) const COLLECTIONS: &str =
     "SELECT name, version, definition, created_at, updated_at FROM collections

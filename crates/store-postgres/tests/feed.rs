@@ -15,8 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bulkhead_core::crypto::MasterKey;
-use bulkhead_core::token::SigningAlg;
-use bulkhead_core::{TenantName, TenantStatus, TierName};
+use bulkhead_core::token::{MintRequest, SigningAlg, TokenSettings, Verifier};
+use bulkhead_core::{
+    CollectionName, Role, Roles, Subject, TenantContext, TenantId, TenantName, TenantStatus,
+    TierName,
+};
+use serde_json::json;
 use bulkhead_store::port::TenantPatch;
 use bulkhead_store::{Store, StoreConfig};
 use bulkhead_store_postgres::PostgresStore;
@@ -131,4 +135,106 @@ async fn another_instances_changes_reach_the_cache_within_seconds() {
     let other_after = b.tenant_state(other.id).await.unwrap().unwrap();
     assert!(Arc::ptr_eq(&other_before, &other_after));
     assert_eq!(other_after.tenant.status, TenantStatus::Active);
+}
+
+/// A verified context for `id`, made the way the server makes one.
+async fn context(store: &Store, id: TenantId) -> TenantContext {
+    let verifier = Verifier::new(TokenSettings {
+        issuer: "https://bulkhead.test".into(),
+        audience: "bulkhead".into(),
+        leeway_secs: 5,
+        max_token_bytes: 8192,
+        max_ttl_secs: 3600,
+    });
+    let key = store.active_signing_key(id).await.unwrap();
+    let now = bulkhead_core::Timestamp::now_utc();
+    let req = MintRequest {
+        subject: Subject::parse("tester").unwrap(),
+        roles: Roles::from_slice(&[Role::Admin]).unwrap(),
+        ttl_secs: 600,
+    };
+    let (token, _) = verifier.mint(&key, &req, now).unwrap();
+    let claimed = verifier.inspect(&token).unwrap();
+    let public = store
+        .tenant_state(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .key(&claimed.kid)
+        .unwrap()
+        .clone();
+    verifier.verify(&token, claimed, &public, now).unwrap()
+}
+
+/// Collection definitions and policy sets are cached for long while the feed works: a
+/// collection change or a policy put on one instance must reach the other's caches through
+/// the feed, within seconds. The untouched tenant's cached entries stay fresh (positive twin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_and_policy_changes_reach_the_other_instance() {
+    let Some(admin) = test_url() else { return };
+    let db = TestDb::migrated(&admin).await;
+    let master = MasterKey::generate().to_base64url();
+    let a = instance(&db.url, &master).await;
+    let b = instance(&db.url, &master).await;
+    let make = |name: &'static str| {
+        let a = &a;
+        async move {
+            a.create_tenant(
+                TenantName::parse(name).unwrap(),
+                TierName::standard(),
+                SigningAlg::EdDSA,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (t, other) = (make("cache-a").await, make("cache-b").await);
+    let notes = CollectionName::parse("notes").unwrap();
+    let schema = |class: &str| {
+        json!({"type": "object", "properties": {"secret": {"type": "string", "x-classification": class}}})
+    };
+    for id in [t.id, other.id] {
+        let ctx = context(&a, id).await;
+        let h = a.tenant(&ctx).await.unwrap();
+        h.put_collection(&notes, schema("internal"), vec![])
+            .await
+            .unwrap();
+    }
+    let (ctx_t, ctx_other) = (context(&b, t.id).await, context(&b, other.id).await);
+    // Let the feed deliver the creations, then cache on B.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hb = b.tenant(&ctx_t).await.unwrap();
+    let hb_other = b.tenant(&ctx_other).await.unwrap();
+    let before = hb.fields(&notes).await.unwrap();
+    let other_before = hb_other.fields(&notes).await.unwrap();
+    let loaded = Instant::now();
+    assert!(hb.cache_fresh(loaded, Duration::from_secs(600)));
+
+    // A collection change on A: B's cached definition follows.
+    let ha = a.tenant(&context(&a, t.id).await).await.unwrap();
+    ha.put_collection(&notes, schema("restricted"), vec![])
+        .await
+        .unwrap();
+    let took = eventually("a collection change on the other instance", || async {
+        let f = hb.fields(&notes).await.unwrap();
+        !Arc::ptr_eq(&f, &before) && f.classes() != before.classes()
+    })
+    .await;
+    eprintln!("a collection change reached the other instance in {took:?}");
+
+    // A policy put on A: what B loaded before it is stale.
+    let loaded = Instant::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    ha.put_policy("// v1".into(), &Subject::parse("tester").unwrap(), None)
+        .await
+        .unwrap();
+    eventually("a policy change on the other instance", || async {
+        !hb.cache_fresh(loaded, Duration::from_secs(600))
+    })
+    .await;
+
+    // The untouched tenant: its cached definition is the very same.
+    let other_after = hb_other.fields(&notes).await.unwrap();
+    assert!(Arc::ptr_eq(&other_before, &other_after));
+    assert!(hb_other.cache_fresh(loaded, Duration::from_secs(600)));
 }

@@ -148,6 +148,10 @@ pub struct Store {
     tiers: parking_lot::RwLock<Arc<BTreeMap<String, TierLimits>>>,
     /// Recently read storage usage per tenant, for quota checks (see [`USAGE_TTL`]).
     usage: quick_cache::sync::Cache<TenantId, (Usage, Instant)>,
+    /// When the change feed last reported a change of each tenant: what was cached for the
+    /// tenant before then (collection definitions, policy sets) is stale. Bounded: a tenant
+    /// whose entry was evicted falls back to `StoreConfig::feed_cache_ttl`.
+    changed: Arc<quick_cache::sync::Cache<TenantId, Instant>>,
     audit: Audit,
 }
 
@@ -178,11 +182,14 @@ impl Store {
         }
         let cap = cfg.cache_capacity.max(16);
         let tenants = Arc::new(quick_cache::sync::Cache::new(cap));
+        let changed = Arc::new(quick_cache::sync::Cache::new(cap));
         let feed = {
             let tenants: Arc<quick_cache::sync::Cache<TenantId, Arc<TenantState>>> =
                 Arc::clone(&tenants);
+            let changed: Arc<quick_cache::sync::Cache<TenantId, Instant>> = Arc::clone(&changed);
             crate::feed::Feed::start(registry.clone(), cfg.feed_interval, move |id| {
                 tenants.remove(&id);
+                changed.insert(id, Instant::now());
             })
             .await?
         };
@@ -201,6 +208,7 @@ impl Store {
             collections: quick_cache::sync::Cache::new(cap),
             tiers: parking_lot::RwLock::new(Arc::new(cfg.tiers.clone())),
             usage: quick_cache::sync::Cache::new(cap),
+            changed,
             cfg,
         })
         .and_then(|s: Self| s.check_tiers().map(|()| s))
@@ -548,6 +556,21 @@ impl Store {
         }
     }
 
+    /// Whether something cached for `tenant` from a storage read that started at `loaded_at`
+    /// may still be used. While the change feed works (several instances over one database),
+    /// until the feed reports a change of the tenant after that read began (collection and
+    /// policy changes are on the feed too), for at most `feed_cache_ttl`; otherwise for
+    /// `short_ttl`.
+    pub fn cache_fresh(&self, tenant: TenantId, loaded_at: Instant, short_ttl: Duration) -> bool {
+        match &self.feed {
+            Some(f) if f.live() => {
+                loaded_at.elapsed() < self.cfg.feed_cache_ttl.max(short_ttl)
+                    && self.changed.get(&tenant).is_none_or(|at| at < loaded_at)
+            }
+            _ => loaded_at.elapsed() < short_ttl,
+        }
+    }
+
     /// Whether the registry change feed is running and recently succeeded.
     pub fn change_feed_live(&self) -> bool {
         self.feed.as_ref().is_some_and(crate::feed::Feed::live)
@@ -831,6 +854,13 @@ impl TenantHandle<'_> {
         &self.limits
     }
 
+    /// Whether something cached for this tenant from a read begun at `loaded_at` may still be
+    /// used (see [`Store::cache_fresh`]).
+    pub fn cache_fresh(&self, loaded_at: Instant, short_ttl: Duration) -> bool {
+        self.store
+            .cache_fresh(self.scope.tenant(), loaded_at, short_ttl)
+    }
+
     /// What the tenant has stored now (read from storage, not from a cache).
     pub async fn usage(&self) -> Result<Usage, StoreError> {
         let u = self.backend.usage(&self.scope).await?;
@@ -966,7 +996,12 @@ impl TenantHandle<'_> {
         serde_json::from_slice(&plain).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
-    fn compile(&self, row: &CollectionRow) -> Result<CachedCollection, StoreError> {
+    /// `loaded_at`: when the read of `row` began (see [`Store::cache_fresh`]).
+    fn compile(
+        &self,
+        row: &CollectionRow,
+        loaded_at: Instant,
+    ) -> Result<CachedCollection, StoreError> {
         let def = self.open_definition(row)?;
         // A stored definition was valid when written; compile with generous bounds so a later
         // tightening of limits does not make existing collections unreadable.
@@ -984,7 +1019,7 @@ impl TenantHandle<'_> {
             compiled,
             created_at: row.created_at,
             updated_at: row.updated_at,
-            loaded_at: Instant::now(),
+            loaded_at,
         })
     }
 
@@ -997,16 +1032,19 @@ impl TenantHandle<'_> {
         let key = (self.scope.tenant(), name.clone());
         if !fresh
             && let Some(c) = self.store.collections.get(&key)
-            && c.loaded_at.elapsed() < self.store.cfg.cache_ttl
+            && self
+                .store
+                .cache_fresh(key.0, c.loaded_at, self.store.cfg.cache_ttl)
         {
             return Ok(c);
         }
+        let started = Instant::now();
         let row = self
             .backend
             .collection(&self.scope, name)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let c = Arc::new(self.compile(&row)?);
+        let c = Arc::new(self.compile(&row, started)?);
         self.store.collections.insert(key, c.clone());
         Ok(c)
     }
