@@ -150,8 +150,8 @@ pub struct LimitsConfig {
     /// Enforce per-tenant rate and concurrency limits (storage quotas are always enforced).
     pub enabled: bool,
     /// Tiers: `[limits.tiers.<name>]` with any of `rate_per_second`, `burst`,
-    /// `max_concurrency`, `max_records`, `max_bytes`, `max_collections`, `max_body_bytes`.
-    /// Fields left out keep the built-in limits of `free`/`standard`/`enterprise` (`standard`'s
+    /// `max_concurrency`, `max_records`, `max_bytes`, `max_collections`, `max_body_bytes`,
+    /// `weight` (the tier's share in the fair queue). Fields left out keep the built-in limits of `free`/`standard`/`enterprise` (`standard`'s
     /// for other names). The three built-in tiers always exist.
     pub tiers: BTreeMap<String, LimitOverrides>,
     /// Tenants with a `tenant` label of their own in `/metrics` (the top K by traffic); the
@@ -490,7 +490,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "b.toml",
-                "[limits]\nmax_body_bytes = 4096\n[limits.tiers.free]\nburst = 3\n[limits.tiers.gold]\nrate_per_second = 5.5\n",
+                "[limits]\nmax_body_bytes = 4096\n[limits.tiers.free]\nburst = 3\n[limits.tiers.gold]\nrate_per_second = 5.5\nweight = 3\n",
             )?;
             jail.set_env("BULKHEAD_LIMITS__METRICS_TOP_K", "7");
             jail.set_env("BULKHEAD_REDIS_URL", "redis://127.0.0.1:6379");
@@ -509,6 +509,10 @@ mod tests {
             );
             assert_eq!(tiers["gold"].rate_per_second, 5.5);
             assert_eq!(tiers["gold"].burst, TierLimits::builtin("standard").burst);
+            // Fair-queue weights: set in the file, or the built-in tier's.
+            assert_eq!(tiers["gold"].weight, 3);
+            assert_eq!(tiers["free"].weight, 1);
+            assert_eq!(tiers["enterprise"].weight, 4);
             assert!(tiers.contains_key("enterprise"));
             Ok(())
         });

@@ -25,7 +25,21 @@ pub struct TierLimits {
     pub max_collections: u64,
     /// Largest request body, in bytes (never above the server-wide `limits.max_body_bytes`).
     pub max_body_bytes: u64,
+    /// The tenant's share of the server when it is saturated: the fair queue serves waiting
+    /// tenants in proportion to their weights (deficit round robin). A tier stored before
+    /// weights existed reads as weight 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
+
+/// The weight of a tier stored without one.
+fn default_weight() -> u32 {
+    1
+}
+
+/// Highest weight a tier may set: a tenant's waiting requests are served at most this many in
+/// a row before the next waiting tenant's turn.
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// Changes to a tier's limits: a field that is `None` keeps the limit it is applied to. Used
 /// for a tenant's own overrides and for the body of `PUT /v1/tiers/{name}`.
@@ -46,6 +60,9 @@ pub struct LimitOverrides {
     pub max_collections: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// The share of a saturated server (fair-queue weight, 1–1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
 }
 
 /// Highest sustained rate a tier may set (a larger figure is a typo, not a plan).
@@ -64,6 +81,7 @@ impl TierLimits {
                 max_bytes: 64 * MIB,
                 max_collections: 10,
                 max_body_bytes: 256 * 1024,
+                weight: 1,
             },
             "enterprise" => Self {
                 rate_per_second: 20_000.0,
@@ -73,6 +91,7 @@ impl TierLimits {
                 max_bytes: 1024 * 1024 * MIB,
                 max_collections: 10_000,
                 max_body_bytes: MIB,
+                weight: 4,
             },
             _ => Self {
                 rate_per_second: 500.0,
@@ -82,6 +101,7 @@ impl TierLimits {
                 max_bytes: 4 * 1024 * MIB,
                 max_collections: 200,
                 max_body_bytes: MIB,
+                weight: 2,
             },
         }
     }
@@ -97,6 +117,7 @@ impl TierLimits {
             max_bytes: o.max_bytes.unwrap_or(self.max_bytes),
             max_collections: o.max_collections.unwrap_or(self.max_collections),
             max_body_bytes: o.max_body_bytes.unwrap_or(self.max_body_bytes),
+            weight: o.weight.unwrap_or(self.weight),
         }
     }
 
@@ -118,6 +139,11 @@ impl TierLimits {
         }
         if self.max_body_bytes < 1024 {
             return Err(TierError("`max_body_bytes` must be at least 1024".into()));
+        }
+        if !(1..=MAX_WEIGHT).contains(&self.weight) {
+            return Err(TierError(format!(
+                "`weight` must be between 1 and {MAX_WEIGHT}"
+            )));
         }
         Ok(())
     }
@@ -188,6 +214,7 @@ impl Usage {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
@@ -227,9 +254,26 @@ mod tests {
                 max_body_bytes: 10,
                 ..ok
             },
+            TierLimits { weight: 0, ..ok },
+            TierLimits {
+                weight: MAX_WEIGHT + 1,
+                ..ok
+            },
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn built_in_weights_grow_with_the_tier_and_old_rows_read_as_one() {
+        let w = |n| TierLimits::builtin(n).weight;
+        assert_eq!((w("free"), w("standard"), w("enterprise")), (1, 2, 4));
+        let mut old = serde_json::to_value(TierLimits::builtin("enterprise")).unwrap();
+        old.as_object_mut().unwrap().remove("weight");
+        let back: TierLimits = serde_json::from_value(old).unwrap();
+        assert_eq!(back.weight, 1);
+        let o: LimitOverrides = serde_json::from_str(r#"{"weight": 3}"#).unwrap();
+        assert_eq!(TierLimits::builtin("free").with(&o).weight, 3);
     }
 
     #[test]

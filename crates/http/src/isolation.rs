@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::TenantContext;
-use bulkhead_core::tier::TierLimits;
+use bulkhead_core::tier::{TierLimits, Usage};
 use bulkhead_limits::fair::{FairConfig, FairQueue};
-use bulkhead_limits::metrics::{Outcome, TenantMetrics};
+use bulkhead_limits::metrics::{Outcome, QuotaLimits, TenantMetrics};
 use bulkhead_limits::{Limiter, LocalLimiter, RateDecision, Refusal};
 use bulkhead_store::Store;
 
@@ -322,7 +322,7 @@ pub(crate) async fn isolate(State(st): State<AppState>, mut req: Request, next: 
     }
     // Within its limits, the request waits for its turn if the server is saturated.
     let turn = if iso.config.enabled {
-        match iso.fair.enter(tenant).await {
+        match iso.fair.enter(tenant, limits.weight).await {
             Ok(t) => Some(t),
             Err(_) => {
                 tracing::debug!(tenant = %tenant, "shed");
@@ -336,6 +336,11 @@ pub(crate) async fn isolate(State(st): State<AppState>, mut req: Request, next: 
     } else {
         None
     };
+    // A scrape found no recent usage figure for this tenant (one of the top K): read one now,
+    // off the request path (at most one read per labelled tenant per scrape).
+    if series.take_usage_wanted() {
+        refresh_usage(&st, ctx.clone());
+    }
     req.extensions_mut().insert(Verified(ctx));
     let mut resp = next.run(req).await;
     drop(turn);
@@ -360,6 +365,65 @@ pub(crate) async fn isolate(State(st): State<AppState>, mut req: Request, next: 
     }
     series.record(outcome, started.elapsed());
     resp
+}
+
+/// Reads `ctx`'s tenant's storage usage into the store's usage cache, in the background, for
+/// the quota gauges of `/metrics`.
+fn refresh_usage(st: &AppState, ctx: Arc<TenantContext>) {
+    let store = st.store.clone();
+    tokio::spawn(async move {
+        let read = match store.tenant(&ctx).await {
+            Ok(h) => h.usage().await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = read {
+            tracing::debug!(error = %e, "cannot read usage for the quota gauges");
+        }
+    });
+}
+
+/// A usage figure older than this is re-read on the tenant's next request after a scrape.
+const USAGE_FIGURE_AGE: Duration = Duration::from_secs(30);
+
+impl Isolation {
+    /// Brings the storage-quota gauges up to date, from what the store already knows: for each
+    /// of the (at most K) labelled tenants, its cached usage against its limits (its tier and
+    /// overrides); for `other`, the sums over the other tenants whose usage and state are in
+    /// the store's caches. No storage access except the cached tenant state of a labelled
+    /// tenant (at most K reads, only on a cache miss); a labelled tenant whose usage is unknown
+    /// or older than [`USAGE_FIGURE_AGE`] has it read on its next request.
+    pub async fn update_quota_gauges(&self, store: &Store) {
+        let labelled = self.metrics.labelled();
+        for (tenant, series) in labelled.iter() {
+            let known = store.known_usage(*tenant);
+            if known.is_none_or(|(_, at)| at.elapsed() > USAGE_FIGURE_AGE) {
+                series.want_usage();
+            }
+            let Some((used, _)) = known else { continue };
+            let Ok(Some(state)) = store.tenant_state(*tenant).await else {
+                continue;
+            };
+            let limits = QuotaLimits::of(&store.limits_of(&state));
+            self.metrics.set_quota(series, &used, &limits);
+        }
+        let (mut used, mut limits, mut any) = (Usage::default(), QuotaLimits::default(), false);
+        for (tenant, u) in store.known_usages() {
+            if labelled.contains_key(&tenant) {
+                continue;
+            }
+            let Some(state) = store.cached_tenant_state(tenant) else {
+                continue;
+            };
+            any = true;
+            used.records = used.records.saturating_add(u.records);
+            used.bytes = used.bytes.saturating_add(u.bytes);
+            used.collections = used.collections.saturating_add(u.collections);
+            limits = limits.plus(QuotaLimits::of(&store.limits_of(&state)));
+        }
+        if any {
+            self.metrics.set_quota(self.metrics.other(), &used, &limits);
+        }
+    }
 }
 
 /// Set on a response by [`ApiError`] for what the metrics count.
@@ -407,22 +471,66 @@ impl<'a> Policy<'a> {
     }
 
     fn apply(&self, resp: &mut Response, rate: Option<&RateDecision>) {
+        use std::fmt::Write as _;
         let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "\"{}\";q={};w={}",
-            self.tier, self.burst, self.window
-        )) {
-            h.insert("ratelimit-policy", v);
+        // Written into a buffer on the stack: the header value is the only allocation.
+        let mut buf = HeaderBuf::new();
+        if write!(buf, "\"{}\";q={};w={}", self.tier, self.burst, self.window).is_ok()
+            && let Ok(v) = HeaderValue::from_bytes(buf.as_bytes())
+        {
+            h.insert(RATELIMIT_POLICY, v);
         }
-        if let Some(d) = rate
-            && let Ok(v) = HeaderValue::from_str(&format!(
+        if let Some(d) = rate {
+            buf.clear();
+            if write!(
+                buf,
                 "\"{}\";r={};t={}",
                 self.tier,
                 d.remaining,
                 ceil_secs(d.reset)
-            ))
-        {
-            h.insert("ratelimit", v);
+            )
+            .is_ok()
+                && let Ok(v) = HeaderValue::from_bytes(buf.as_bytes())
+            {
+                h.insert(RATELIMIT, v);
+            }
         }
+    }
+}
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// A header value being written, on the stack: a tier name (at most 32 bytes) and three
+/// numbers fit. Writing past the end fails (the header is then left out).
+struct HeaderBuf {
+    bytes: [u8; 96],
+    len: usize,
+}
+
+impl HeaderBuf {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 96],
+            len: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for HeaderBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(std::fmt::Error)?;
+        let dst = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }

@@ -15,6 +15,8 @@
 mod common;
 
 use bulkhead_core::TenantId;
+use bulkhead_http::isolation::IsolationConfig;
+use bulkhead_http::state::HttpConfig;
 use common::{ADMIN, Backend, TestApp, both_backends};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +28,9 @@ both_backends!(
     storage_quota_is_403_and_writes_nothing,
     usage_shows_the_callers_own_figures_only,
     metrics_are_for_the_operator_only,
+    metrics_show_quota_use_for_the_top_tenants_and_other,
+    a_read_only_top_tenant_gets_its_quota_use_after_a_scrape,
+    tier_weight_is_set_through_the_api,
     tier_api_validates_and_lists,
     tier_body_limit_is_enforced,
 );
@@ -429,4 +434,179 @@ async fn tier_body_limit_is_enforced(backend: Backend) {
     // Twin: the same body from a tenant whose tier allows it.
     let ok = app.post("/v1/collections/notes/records", &tb, big).await;
     assert_eq!(ok.status, 201, "{:?}", ok.body);
+}
+
+/// The value of the gauge `name{tenant="…",quota="…"}` in a scrape, if it is there.
+fn gauge(text: &str, name: &str, tenant: &str, quota: &str) -> Option<f64> {
+    let prefix = format!("{name}{{tenant=\"{tenant}\",quota=\"{quota}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let m = app.call("GET", "/metrics", Some(ADMIN), None, &[]).await;
+    assert_eq!(m.status, 200);
+    String::from_utf8_lossy(&m.raw).into_owned()
+}
+
+fn top_k(k: usize) -> HttpConfig {
+    HttpConfig {
+        isolation: IsolationConfig {
+            metrics_top_k: k,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn metrics_show_quota_use_for_the_top_tenants_and_other(backend: Backend) {
+    // One tenant label: the busiest tenant gets its own quota gauges, the other is `other`.
+    let app = TestApp::spawn_with(backend, top_k(1)).await;
+    put_tier(
+        &app,
+        "small",
+        json!({"max_records": 50, "max_collections": 5}),
+    )
+    .await;
+    let (a, ta) = tenant_on(&app, "a", "small").await;
+    let r = app
+        .call(
+            "PUT",
+            "/v1/collections/notes",
+            Some(&ta),
+            Some(json!({"schema": {"type": "object"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    for i in 0..3 {
+        app.note(&ta, &format!("a{i}")).await;
+    }
+    let (b, tb) = app.tenant_with_notes("b").await;
+    app.note(&tb, "b0").await;
+    app.state.isolation.housekeeping();
+    let text = scrape(&app).await;
+    let (a_s, b_s) = (a.to_string(), b.to_string());
+    let g = |name, t: &str, q| gauge(&text, name, t, q);
+    assert_eq!(
+        g("bulkhead_tenant_quota_used", &a_s, "max_records"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        g("bulkhead_tenant_quota_limit", &a_s, "max_records"),
+        Some(50.0)
+    );
+    assert_eq!(
+        g("bulkhead_tenant_quota_used", &a_s, "max_collections"),
+        Some(1.0)
+    );
+    assert_eq!(
+        g("bulkhead_tenant_quota_limit", &a_s, "max_collections"),
+        Some(5.0)
+    );
+    assert!(g("bulkhead_tenant_quota_used", &a_s, "max_bytes").unwrap() > 0.0);
+    // The other tenant has no label of its own: it is in `other`'s sums.
+    assert!(!text.contains(&b_s), "{text}");
+    let standard = bulkhead_core::tier::TierLimits::builtin("standard");
+    assert_eq!(
+        g("bulkhead_tenant_quota_used", "other", "max_records"),
+        Some(1.0)
+    );
+    #[allow(clippy::cast_precision_loss, reason = "test figures")]
+    let limit = standard.max_records as f64;
+    assert_eq!(
+        g("bulkhead_tenant_quota_limit", "other", "max_records"),
+        Some(limit)
+    );
+    // A tenant token — even an admin one of a tenant — cannot read them.
+    let t = app.call("GET", "/metrics", Some(&ta), None, &[]).await;
+    assert_eq!(t.status, 401);
+    assert!(!String::from_utf8_lossy(&t.raw).contains("bulkhead_tenant_quota"));
+    // Writes show at the next scrape.
+    app.note(&ta, "a3").await;
+    let text = scrape(&app).await;
+    assert_eq!(
+        gauge(&text, "bulkhead_tenant_quota_used", &a_s, "max_records"),
+        Some(4.0)
+    );
+}
+
+async fn a_read_only_top_tenant_gets_its_quota_use_after_a_scrape(backend: Backend) {
+    let app = TestApp::spawn_with(backend, top_k(5)).await;
+    let (a, ta) = app.tenant_with_notes("a").await;
+    app.note(&ta, "one").await;
+    // A tenant that only reads: nothing has read its usage yet.
+    let c = app.tenant("c").await;
+    let tc = app.token(c, &["reader"]).await;
+    assert_eq!(app.get("/v1/collections", &tc).await.status, 200);
+    app.state.isolation.housekeeping();
+    let c_s = c.to_string();
+    let text = scrape(&app).await;
+    assert_eq!(
+        gauge(&text, "bulkhead_tenant_quota_used", &c_s, "max_records"),
+        None,
+        "unknown, not 0"
+    );
+    // Twin: the writing tenant's figure is there.
+    assert_eq!(
+        gauge(
+            &text,
+            "bulkhead_tenant_quota_used",
+            &a.to_string(),
+            "max_records"
+        ),
+        Some(1.0)
+    );
+    // The scrape asked for it; the tenant's next request reads it (in the background).
+    assert_eq!(app.get("/v1/collections", &tc).await.status, 200);
+    let mut found = None;
+    for _ in 0..200 {
+        let text = scrape(&app).await;
+        found = gauge(&text, "bulkhead_tenant_quota_used", &c_s, "max_records");
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(found, Some(0.0));
+}
+
+async fn tier_weight_is_set_through_the_api(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let list = app.get("/v1/tiers", ADMIN).await;
+    let weight = |body: &Value, name: &str| {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["limits"]["weight"].as_u64().unwrap())
+    };
+    assert_eq!(weight(&list.body, "free"), Some(1));
+    assert_eq!(weight(&list.body, "standard"), Some(2));
+    assert_eq!(weight(&list.body, "enterprise"), Some(4));
+    let r = put_tier(&app, "gold", json!({"weight": 7})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["limits"]["weight"], 7);
+    assert_eq!(
+        weight(&app.get("/v1/tiers", ADMIN).await.body, "gold"),
+        Some(7)
+    );
+    for bad in [
+        json!({"weight": 0}),
+        json!({"weight": 1001}),
+        json!({"weight": -1}),
+    ] {
+        assert_eq!(
+            put_tier(&app, "gold", bad.clone()).await.status,
+            400,
+            "{bad}"
+        );
+    }
+    // A tenant on the tier is held to it: its limits say so.
+    let (g, _) = tenant_on(&app, "g", "gold").await;
+    let l = app.get(&format!("/v1/tenants/{g}/limits"), ADMIN).await;
+    assert_eq!(l.body["effective"]["weight"], 7, "{:?}", l.body);
 }

@@ -6,8 +6,8 @@
 //!   sharded map with idle eviction.
 //! - [`shared`]: the same limits shared by every instance through Redis, with the local
 //!   limiter as the fallback while Redis is unreachable.
-//! - [`fair`]: fair scheduling when the server is saturated: per-tenant queues served round
-//!   robin, bounded, shedding the tenant over its share first.
+//! - [`fair`]: fair scheduling when the server is saturated: per-tenant queues served by
+//!   deficit round robin weighted by tier, bounded, shedding the tenant over its share first.
 //! - [`metrics`]: per-tenant request metrics with bounded label cardinality (the top K tenants
 //!   by traffic get their own label; every other tenant is `other`).
 //!

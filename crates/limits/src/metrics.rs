@@ -12,10 +12,12 @@
 //! with no allocation or registry lookup on the request path.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bulkhead_core::TenantId;
+use bulkhead_core::tier::{Quota, TierLimits, Usage};
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -59,7 +61,18 @@ pub struct Series {
     shed: Counter,
     latency: Histogram,
     quota: [Counter; 3],
+    /// The `tenant` label's value.
+    label: String,
+    /// Stored records, bytes and collections (in [`QUOTAS`] order) and the limits on them;
+    /// registered at the first figure, so a tenant whose usage is not known shows none (not 0).
+    quota_gauges: OnceLock<QuotaGauges>,
+    /// Set when a scrape found no recent usage figure for this tenant: its next request reads
+    /// one (at most one read per labelled tenant per scrape).
+    usage_wanted: AtomicBool,
 }
+
+/// The storage quotas, in the order of [`Series`]' arrays, by their names in the API.
+pub const QUOTAS: [Quota; 3] = [Quota::Records, Quota::Bytes, Quota::Collections];
 
 impl Series {
     /// Counts one finished request and its latency.
@@ -76,15 +89,78 @@ impl Series {
     }
 
     /// Counts a write refused by a storage quota (`max_records`, `max_bytes`, `max_collections`).
-    pub fn quota_exceeded(&self, quota: bulkhead_core::tier::Quota) {
-        let i = match quota {
-            bulkhead_core::tier::Quota::Records => 0,
-            bulkhead_core::tier::Quota::Bytes => 1,
-            bulkhead_core::tier::Quota::Collections => 2,
-        };
-        if let Some(c) = self.quota.get(i) {
+    pub fn quota_exceeded(&self, quota: Quota) {
+        if let Some(c) = self.quota.get(quota_index(quota)) {
             c.increment(1);
         }
+    }
+
+    /// Asks for a fresh usage figure on this tenant's next request.
+    pub fn want_usage(&self) {
+        self.usage_wanted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a usage figure was asked for (and no longer is): one relaxed load on the request
+    /// path, a swap only when it was.
+    pub fn take_usage_wanted(&self) -> bool {
+        self.usage_wanted.load(Ordering::Relaxed)
+            && self.usage_wanted.swap(false, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+struct QuotaGauges {
+    used: [Gauge; 3],
+    limit: [Gauge; 3],
+}
+
+impl QuotaGauges {
+    fn set(&self, used: &Usage, limits: &QuotaLimits) {
+        let used = [used.records, used.bytes, used.collections];
+        let max = [limits.records, limits.bytes, limits.collections];
+        for ((g, v), (gl, l)) in self.used.iter().zip(used).zip(self.limit.iter().zip(max)) {
+            #[allow(clippy::cast_precision_loss, reason = "gauges are f64")]
+            {
+                g.set(v as f64);
+                gl.set(l as f64);
+            }
+        }
+    }
+}
+
+/// The storage limits a quota gauge compares usage with (for `other`: sums over its tenants).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaLimits {
+    pub records: u64,
+    pub bytes: u64,
+    pub collections: u64,
+}
+
+impl QuotaLimits {
+    pub fn of(l: &TierLimits) -> Self {
+        Self {
+            records: l.max_records,
+            bytes: l.max_bytes,
+            collections: l.max_collections,
+        }
+    }
+
+    /// Both added up, saturating.
+    #[must_use]
+    pub fn plus(self, o: Self) -> Self {
+        Self {
+            records: self.records.saturating_add(o.records),
+            bytes: self.bytes.saturating_add(o.bytes),
+            collections: self.collections.saturating_add(o.collections),
+        }
+    }
+}
+
+fn quota_index(q: Quota) -> usize {
+    match q {
+        Quota::Records => 0,
+        Quota::Bytes => 1,
+        Quota::Collections => 2,
     }
 }
 
@@ -177,6 +253,16 @@ impl TenantMetrics {
             .unwrap_or_else(|| self.other.clone())
     }
 
+    /// The series of `other` (every tenant without a label of its own).
+    pub fn other(&self) -> &Arc<Series> {
+        &self.other
+    }
+
+    /// The tenants with a label of their own now, and their series (at most `k`).
+    pub fn labelled(&self) -> Arc<HashMap<TenantId, Arc<Series>>> {
+        self.labels.read().clone()
+    }
+
     /// Gives the tenants in `top` (most traffic first) their own labels, the first `k` of them.
     pub fn rerank(&self, top: &[(TenantId, u32)]) {
         let current = self.labels.read().clone();
@@ -189,6 +275,30 @@ impl TenantMetrics {
             next.insert(*t, s);
         }
         *self.labels.write() = Arc::new(next);
+    }
+
+    /// Sets `series`' storage-quota gauges (`bulkhead_tenant_quota_used` and `_limit`, one
+    /// per quota): what its tenant (or, for `other`, its tenants) stores against the limits.
+    pub fn set_quota(&self, series: &Series, used: &Usage, limits: &QuotaLimits) {
+        let gauges = series.quota_gauges.get_or_init(|| {
+            let gauge = |name: &'static str, quota: Quota| {
+                self.recorder.register_gauge(
+                    &Key::from_parts(
+                        name,
+                        vec![
+                            Label::new("tenant", series.label.clone()),
+                            Label::new("quota", quota.as_str()),
+                        ],
+                    ),
+                    &METADATA,
+                )
+            };
+            QuotaGauges {
+                used: QUOTAS.map(|q| gauge("bulkhead_tenant_quota_used", q)),
+                limit: QUOTAS.map(|q| gauge("bulkhead_tenant_quota_limit", q)),
+            }
+        });
+        gauges.set(used, limits);
     }
 
     /// The Prometheus text exposition of every live series.
@@ -227,20 +337,11 @@ fn series(r: &PrometheusRecorder, tenant: &str) -> Series {
             ),
             &METADATA,
         ),
-        quota: [
-            counter(
-                "bulkhead_quota_exceeded_total",
-                Some(("quota", "max_records")),
-            ),
-            counter(
-                "bulkhead_quota_exceeded_total",
-                Some(("quota", "max_bytes")),
-            ),
-            counter(
-                "bulkhead_quota_exceeded_total",
-                Some(("quota", "max_collections")),
-            ),
-        ],
+        quota: QUOTAS
+            .map(|q| counter("bulkhead_quota_exceeded_total", Some(("quota", q.as_str())))),
+        label: tenant.clone(),
+        quota_gauges: OnceLock::new(),
+        usage_wanted: AtomicBool::new(false),
     }
 }
 
@@ -280,5 +381,43 @@ mod tests {
             !text.contains(&ids[9].to_string()),
             "the third tenant is not in the top 2"
         );
+    }
+
+    #[test]
+    fn quota_gauges_appear_once_a_figure_is_known_and_only_for_labelled_tenants() {
+        let m = TenantMetrics::new(1, Duration::from_secs(600));
+        let (a, b) = (TenantId::generate(), TenantId::generate());
+        m.rerank(&[(a, 10), (b, 5)]);
+        let sa = m.series(a);
+        assert!(
+            !m.render().contains("bulkhead_tenant_quota_used"),
+            "unknown is not 0"
+        );
+        let used = Usage {
+            records: 3,
+            bytes: 300,
+            collections: 1,
+        };
+        let lim = QuotaLimits {
+            records: 10,
+            bytes: 1000,
+            collections: 2,
+        };
+        m.set_quota(&sa, &used, &lim);
+        m.set_quota(m.other(), &used, &lim.plus(lim));
+        let text = m.render();
+        for line in [
+            format!("bulkhead_tenant_quota_used{{tenant=\"{a}\",quota=\"max_records\"}} 3"),
+            format!("bulkhead_tenant_quota_limit{{tenant=\"{a}\",quota=\"max_bytes\"}} 1000"),
+            "bulkhead_tenant_quota_limit{tenant=\"other\",quota=\"max_collections\"} 4".into(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+        assert!(!text.contains(&b.to_string()), "b is not in the top 1");
+        // The usage request flag is taken once.
+        assert!(!sa.take_usage_wanted());
+        sa.want_usage();
+        assert!(sa.take_usage_wanted());
+        assert!(!sa.take_usage_wanted());
     }
 }

@@ -297,6 +297,23 @@ impl Store {
         l
     }
 
+    /// The last storage usage this instance read or counted for `tenant`, and when it was read
+    /// (no storage access: `None` if it is not in the usage cache). For metrics.
+    pub fn known_usage(&self, tenant: TenantId) -> Option<(Usage, Instant)> {
+        self.usage.get(&tenant)
+    }
+
+    /// Every usage figure in the usage cache (bounded by the cache's capacity; no storage
+    /// access). For metrics.
+    pub fn known_usages(&self) -> impl Iterator<Item = (TenantId, Usage)> + '_ {
+        self.usage.iter().map(|(t, (u, _))| (t, u))
+    }
+
+    /// The tenant's state if it is in the cache (no storage access, whatever its age).
+    pub fn cached_tenant_state(&self, tenant: TenantId) -> Option<Arc<TenantState>> {
+        self.tenants.get(&tenant)
+    }
+
     /// Sets or clears a tenant's limit overrides (operator plane).
     pub async fn set_limit_overrides(
         &self,

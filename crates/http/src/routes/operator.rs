@@ -480,13 +480,14 @@ async fn tenant_limits(
 }
 
 /// Prometheus metrics (text format 0.0.4): per-tenant requests by outcome, latency, throttles,
-/// sheds and quota refusals for the top tenants by traffic (the rest as `tenant="other"`),
-/// and the limiter's own figures. Operator only: tenant ids and traffic are operator data.
+/// sheds, quota refusals and storage-quota use (`bulkhead_tenant_quota_used` / `_limit`) for
+/// the top tenants by traffic (the rest as `tenant="other"`), and the limiter's own figures. Operator only: tenant ids and traffic are operator data.
 #[utoipa::path(get, path = "/metrics", tag = "limits",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 401, body = Problem)),
     security(("operator_token" = [])))]
 async fn metrics(_: Operator, State(st): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
+    st.isolation.update_quota_gauges(&st.store).await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
