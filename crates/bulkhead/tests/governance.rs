@@ -100,6 +100,15 @@ fn a_tier_without_limits_fails() {
 }
 
 #[test]
+fn a_tier_weight_out_of_range_fails() {
+    check_failing(
+        "tiers/greedy.toml",
+        "rate_per_second = 10.0\nweight = 5000\n",
+        "tiers/greedy.toml:0:0: weight 5000 is out of range",
+    );
+}
+
+#[test]
 fn the_example_policy_tests_pass_and_a_wrong_expectation_fails() {
     let dir = examples().join("policy-tests");
     let (ok, out) = bulkhead(&["policy", "test", dir.to_str().unwrap()]);

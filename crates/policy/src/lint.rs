@@ -21,6 +21,8 @@ pub struct TierSpec {
     pub max_bytes: Option<u64>,
     pub max_collections: Option<u64>,
     pub max_body_bytes: Option<u64>,
+    /// The tier's share of a saturated server (fair-queue weight). Not a limit.
+    pub weight: Option<u32>,
 }
 
 impl TierSpec {
@@ -107,6 +109,15 @@ pub fn lint(engine: &Engine, g: &Governance) -> Vec<Problem> {
             Ok(t) if !t.has_limits() => problems.push(at(
                 name,
                 "tier sets no limits: set at least one of rate_per_second, burst, max_concurrency, max_records, max_bytes, max_collections, max_body_bytes".into(),
+            )),
+            Ok(TierSpec {
+                weight: Some(w), ..
+            }) if !(1..=bulkhead_core::tier::MAX_WEIGHT).contains(w) => problems.push(at(
+                name,
+                format!(
+                    "weight {w} is out of range: a tier's weight is 1 to {}",
+                    bulkhead_core::tier::MAX_WEIGHT
+                ),
             )),
             Ok(_) => {}
         }
