@@ -3,6 +3,14 @@
 # and off, side by side in one run, then `bulkhead audit verify --bench` over the audited
 # server's logs against raw SHA-256 over the same bytes.
 #
+# Two data sets are verified: the audited server's own logs after the read/write runs (many
+# short logs: every run creates its own tenants, so each log holds ~70 entries and a
+# signature or two), and a "long logs" set made by a third server, audited, under the read
+# scenario with few tenants for VERIFY_DURATION seconds (logs of tens of thousands of entries,
+# one checkpoint per log per `audit.checkpoint_log_seconds`), the shape of a server that has
+# been running for a while. Each verification prints its own raw SHA-256 figure, measured in
+# the same command run.
+#
 # It starts two throw-away `bulkhead serve` processes on the embedded storage, one with the
 # defaults (auditing on) and one with BULKHEAD_AUDIT__ENABLED=false, and runs
 # `bulkhead bench <scenario>` against each in turn, alternating which goes first, RUNS times.
@@ -11,6 +19,7 @@
 # Settings (environment variables, all optional):
 #   RUNS=3 TENANTS=1000 RECORDS=10 CONNECTIONS=64 DURATION=10 WARMUP=2
 #   SCENARIOS="read write"
+#   VERIFY_TENANTS=20 VERIFY_DURATION=30   the long-logs data set
 #   OUT=target/bench/audit-<date>   where results go
 #   BIN=target/release/bulkhead     binary to use; SKIP_BUILD=1 to not build
 set -euo pipefail
@@ -23,6 +32,8 @@ CONNECTIONS=${CONNECTIONS:-64}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SCENARIOS=${SCENARIOS:-"read write"}
+VERIFY_TENANTS=${VERIFY_TENANTS:-20}
+VERIFY_DURATION=${VERIFY_DURATION:-30}
 BIN=${BIN:-$root/target/release/bulkhead}
 OUT=${OUT:-$root/target/bench/audit-$(date +%Y%m%d-%H%M%S)}
 
@@ -45,7 +56,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-audit-bench.XXXXXX")
 ADMIN=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
 declare -A port pid
 cleanup() {
-    for mode in on off; do
+    for mode in on off long; do
         if [[ -n ${pid[$mode]:-} ]] && kill -0 "${pid[$mode]}" 2>/dev/null; then
             kill -TERM "${pid[$mode]}" 2>/dev/null || true
             wait "${pid[$mode]}" 2>/dev/null || true
@@ -71,6 +82,7 @@ start() {
 }
 start on true
 start off false
+start long true
 
 {
     echo "date:     $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -111,14 +123,27 @@ median='sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 |
     done
 } | tee "$OUT/summary.txt"
 
-# Let the last checkpoints be signed, stop the audited server, verify its logs.
-sleep 2
-kill -TERM "${pid[on]}" && wait "${pid[on]}" || true
-pid[on]=
-note "verifying the audited server's logs (bulkhead audit verify --all --bench)"
-for r in $(seq "$RUNS"); do
-    "$BIN" audit verify --all --data-dir "$work/on" --bench --json >"$OUT/verify-$r.json"
-    jq -r '"verify: \(.entries) entries, \(.bytes) bytes in \(.seconds) s: \(.verify_mb_per_s) MB/s; raw SHA-256 \(.raw_sha256_mb_per_s) MB/s (ratio \(.ratio)); per entry \(.raw_sha256_per_entry_mb_per_s) MB/s (ratio \(.ratio_per_entry))"' \
-        "$OUT/verify-$r.json" | tee -a "$OUT/summary.txt"
+# The long-logs data set (the third server), built while the others are idle.
+note "long logs: bench read with $VERIFY_TENANTS tenants for ${VERIFY_DURATION}s (audited)"
+BULKHEAD_URL=http://127.0.0.1:${port[long]} BULKHEAD_ADMIN_TOKEN=$ADMIN \
+    "$BIN" bench read --json --connections "$CONNECTIONS" --duration "$VERIFY_DURATION" \
+    --warmup 1 --tenants "$VERIFY_TENANTS" --records-per-tenant "$RECORDS" \
+    >"$OUT/long-fill.json" 2>"$OUT/long-fill.log" || note "  failed: $(tail -n 1 "$OUT/long-fill.log")"
+
+# Stop the audited servers (the last round signs the last checkpoints), verify their logs.
+for mode in on long; do
+    kill -TERM "${pid[$mode]}" && wait "${pid[$mode]}" || true
+    pid[$mode]=
 done
+for set in on long; do
+    note "verifying the $set data set (bulkhead audit verify --all --bench)"
+    for r in $(seq "$RUNS"); do
+        "$BIN" audit verify --all --data-dir "$work/$set" --bench --json >"$OUT/verify-$set-$r.json"
+        jq -r --arg set "$set" '"verify \($set): \(.logs) logs, \(.entries) entries, \(.checkpoints) checkpoints, \(.bytes) bytes in \(.seconds) s: \(.verify_mb_per_s) MB/s; raw SHA-256 \(.raw_sha256_mb_per_s) MB/s (ratio \(.ratio)); per entry \(.raw_sha256_per_entry_mb_per_s) MB/s (ratio \(.ratio_per_entry))"' \
+            "$OUT/verify-$set-$r.json" | tee -a "$OUT/summary.txt"
+    done
+    jq -s -r --arg set "$set" "\"verify \\(\$set) medians: verify \\([.[].verify_mb_per_s] | $median) MB/s, raw SHA-256 \\([.[].raw_sha256_mb_per_s] | $median) MB/s, ratio \\([.[].ratio] | $median), ratio per entry \\([.[].ratio_per_entry] | $median)\"" \
+        "$OUT"/verify-$set-*.json | tee -a "$OUT/summary.txt"
+done
+echo "load average after verifying: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt" >&2
 note "results in $OUT"

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::entry::{EntryBody, LogId, split_entry};
-use crate::merkle::{Hash, leaf_hash, verify_consistency, verify_inclusion};
+use crate::merkle::{CompactRange, Hash, leaf_hash, verify_consistency, verify_inclusion};
 use crate::{hex, parse_hash};
 
 /// The first line of every signed checkpoint.
@@ -410,8 +410,21 @@ pub fn inclusion_json(
     leaves: &[Hash],
     cp: &SignedCheckpoint,
 ) -> Option<InclusionProofJson> {
-    let size = usize::try_from(cp.checkpoint.size).ok()?;
-    let proof = crate::merkle::inclusion_proof(leaves.get(..size)?, usize::try_from(seq).ok()?)?;
+    inclusion_json_after(&CompactRange::new(), seq, body, leaves, cp)
+}
+
+/// [`inclusion_json`] for a log whose first `prefix.size()` entries were pruned: `leaves` are
+/// the leaf hashes from there on, `prefix` the compact range stored with the checkpoint of
+/// the prune point.
+pub fn inclusion_json_after(
+    prefix: &CompactRange,
+    seq: u64,
+    body: &[u8],
+    leaves: &[Hash],
+    cp: &SignedCheckpoint,
+) -> Option<InclusionProofJson> {
+    let kept = usize::try_from(cp.checkpoint.size.checked_sub(prefix.size())?).ok()?;
+    let proof = crate::merkle::inclusion_proof_after(prefix, leaves.get(..kept)?, seq)?;
     let log = cp.checkpoint.log;
     Some(InclusionProofJson {
         log: log.to_string(),
@@ -430,9 +443,20 @@ pub fn consistency_json(
     from: &SignedCheckpoint,
     to: &SignedCheckpoint,
 ) -> Option<ConsistencyProofJson> {
-    let n = usize::try_from(to.checkpoint.size).ok()?;
-    let m = usize::try_from(from.checkpoint.size).ok()?;
-    let proof = crate::merkle::consistency_proof(leaves.get(..n)?, m)?;
+    consistency_json_after(&CompactRange::new(), leaves, from, to)
+}
+
+/// [`consistency_json`] for a log whose first `prefix.size()` entries were pruned (see
+/// [`inclusion_json_after`]); `from` must not be inside the pruned prefix.
+pub fn consistency_json_after(
+    prefix: &CompactRange,
+    leaves: &[Hash],
+    from: &SignedCheckpoint,
+    to: &SignedCheckpoint,
+) -> Option<ConsistencyProofJson> {
+    let kept = usize::try_from(to.checkpoint.size.checked_sub(prefix.size())?).ok()?;
+    let proof =
+        crate::merkle::consistency_proof_after(prefix, leaves.get(..kept)?, from.checkpoint.size)?;
     Some(ConsistencyProofJson {
         log: to.checkpoint.log.to_string(),
         from: from.checkpoint.size,

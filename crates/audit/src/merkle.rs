@@ -33,15 +33,6 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     h.finalize().into()
 }
 
-/// The largest power of two strictly below `n` (`n >= 2`).
-fn split(n: usize) -> usize {
-    let mut k = 1;
-    while k << 1 < n {
-        k <<= 1;
-    }
-    k
-}
-
 /// The root of the tree whose leaf hashes are `leaves` (RFC 6962 MTH).
 pub fn root(leaves: &[Hash]) -> Hash {
     let mut range = CompactRange::new();
@@ -54,60 +45,135 @@ pub fn root(leaves: &[Hash]) -> Hash {
 /// The audit path of leaf `index` in the tree of the first `leaves.len()` leaves (RFC 6962
 /// PATH). `None` if `index` is out of range.
 pub fn inclusion_proof(leaves: &[Hash], index: usize) -> Option<Vec<Hash>> {
-    if index >= leaves.len() {
-        return None;
-    }
-    let mut out = Vec::new();
-    path(index, leaves, &mut out);
-    Some(out)
-}
-
-fn path(m: usize, d: &[Hash], out: &mut Vec<Hash>) {
-    let n = d.len();
-    if n <= 1 {
-        return;
-    }
-    let k = split(n);
-    let (left, right) = d.split_at(k);
-    if m < k {
-        path(m, left, out);
-        out.push(root(right));
-    } else {
-        path(m - k, right, out);
-        out.push(root(left));
-    }
+    inclusion_proof_after(&CompactRange::new(), leaves, u64::try_from(index).ok()?)
 }
 
 /// The proof that the tree of the first `m` leaves is a prefix of the tree of all `leaves`
 /// (RFC 6962 PROOF). `None` unless `m <= leaves.len()`. Empty for `m == 0` or `m == n`.
 pub fn consistency_proof(leaves: &[Hash], m: usize) -> Option<Vec<Hash>> {
-    if m > leaves.len() {
+    consistency_proof_after(&CompactRange::new(), leaves, u64::try_from(m).ok()?)
+}
+
+/// A tree known through the compact range of its first `prefix.size()` leaves (their leaves
+/// may be gone: retention) and the leaf hashes after them.
+struct Known<'a> {
+    prefix: &'a CompactRange,
+    leaves: &'a [Hash],
+}
+
+impl Known<'_> {
+    fn size(&self) -> u64 {
+        self.prefix.size() + self.leaves.len() as u64
+    }
+
+    /// The root of the subtree of leaves `a..b` (RFC 6962 MTH), if it can be known: every
+    /// subtree the proofs below ask for is either after the prefix, or made of the prefix's
+    /// peaks (its maximal perfect subtrees) and leaves after it.
+    fn mth(&self, a: u64, b: u64) -> Option<Hash> {
+        let p = self.prefix.size();
+        if a >= p {
+            let from = usize::try_from(a - p).ok()?;
+            let to = usize::try_from(b - p).ok()?;
+            return Some(root(self.leaves.get(from..to)?));
+        }
+        if b <= p {
+            // Only a peak of the prefix is known.
+            let mut start = 0u64;
+            for (bit, peak) in (0..64u32)
+                .rev()
+                .filter(|i| p >> i & 1 == 1)
+                .zip(self.prefix.peaks())
+            {
+                let end = start + (1u64 << bit);
+                if (start, end) == (a, b) {
+                    return Some(*peak);
+                }
+                start = end;
+            }
+            return None;
+        }
+        let k = split_u64(b - a);
+        Some(node_hash(&self.mth(a, a + k)?, &self.mth(a + k, b)?))
+    }
+
+    fn path(&self, m: u64, a: u64, b: u64, out: &mut Vec<Hash>) -> Option<()> {
+        if b - a <= 1 {
+            return Some(());
+        }
+        let k = split_u64(b - a);
+        if m < a + k {
+            self.path(m, a, a + k, out)?;
+            out.push(self.mth(a + k, b)?);
+        } else {
+            self.path(m, a + k, b, out)?;
+            out.push(self.mth(a, a + k)?);
+        }
+        Some(())
+    }
+
+    fn subproof(&self, m: u64, a: u64, b: u64, complete: bool, out: &mut Vec<Hash>) -> Option<()> {
+        let n = b - a;
+        if m == n {
+            if !complete {
+                out.push(self.mth(a, b)?);
+            }
+            return Some(());
+        }
+        let k = split_u64(n);
+        if m <= k {
+            self.subproof(m, a, a + k, complete, out)?;
+            out.push(self.mth(a + k, b)?);
+        } else {
+            self.subproof(m - k, a + k, b, false, out)?;
+            out.push(self.mth(a, a + k)?);
+        }
+        Some(())
+    }
+}
+
+/// The largest power of two strictly below `n` (`n >= 2`).
+fn split_u64(n: u64) -> u64 {
+    let mut k = 1;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
+/// The audit path of leaf `index` in the tree made of the leaves summarized by `prefix` and
+/// then `leaves`. `None` if `index` is out of range or inside the prefix (its leaf is gone).
+pub fn inclusion_proof_after(
+    prefix: &CompactRange,
+    leaves: &[Hash],
+    index: u64,
+) -> Option<Vec<Hash>> {
+    let t = Known { prefix, leaves };
+    if index < prefix.size() || index >= t.size() {
         return None;
     }
     let mut out = Vec::new();
-    if m > 0 && m < leaves.len() {
-        subproof(m, leaves, true, &mut out);
-    }
+    t.path(index, 0, t.size(), &mut out)?;
     Some(out)
 }
 
-fn subproof(m: usize, d: &[Hash], complete: bool, out: &mut Vec<Hash>) {
-    let n = d.len();
-    if m == n {
-        if !complete {
-            out.push(root(d));
-        }
-        return;
+/// The proof that the tree of the first `m` leaves is a prefix of the tree made of the leaves
+/// summarized by `prefix` and then `leaves`. `None` unless `prefix.size() <= m <= size`
+/// (or `m == 0`).
+pub fn consistency_proof_after(
+    prefix: &CompactRange,
+    leaves: &[Hash],
+    m: u64,
+) -> Option<Vec<Hash>> {
+    let t = Known { prefix, leaves };
+    let n = t.size();
+    if m > n || (m > 0 && m < prefix.size()) {
+        return None;
     }
-    let k = split(n);
-    let (left, right) = d.split_at(k);
-    if m <= k {
-        subproof(m, left, complete, out);
-        out.push(root(right));
-    } else {
-        subproof(m - k, right, false, out);
-        out.push(root(left));
+    let mut out = Vec::new();
+    if m > 0 && m < n {
+        t.subproof(m, 0, n, true, &mut out)?;
     }
+    Some(out)
 }
 
 /// Checks that `leaf` is at `index` in the tree of `size` leaves with root `root`
@@ -239,6 +305,16 @@ impl CompactRange {
         it.fold(*last, |acc, p| node_hash(p, &acc))
     }
 
+    /// Whether `bytes` is this range's stored form ([`CompactRange::to_bytes`]), without
+    /// building it.
+    pub fn frontier_is(&self, bytes: &[u8]) -> bool {
+        bytes.len() == self.peaks.len() * 32
+            && bytes
+                .chunks_exact(32)
+                .zip(&self.peaks)
+                .all(|(b, p)| b == p.as_slice())
+    }
+
     /// The stored form: the peaks concatenated.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.peaks.concat()
@@ -271,8 +347,56 @@ mod tests {
             0 => empty_root(),
             1 => d[0],
             n => {
-                let k = split(n);
+                let k = usize::try_from(split_u64(n as u64)).unwrap();
                 node_hash(&mth(&d[..k]), &mth(&d[k..]))
+            }
+        }
+    }
+
+    /// After retention, proofs made from the prune point's compact range and the leaves after
+    /// it are the proofs made from all the leaves; positions inside the pruned prefix have none.
+    #[test]
+    fn proofs_from_a_pruned_prefix_match_the_full_ones() {
+        for n in 1..40usize {
+            let l = leaves(n);
+            for p in 0..=n {
+                let mut prefix = CompactRange::new();
+                for h in &l[..p] {
+                    prefix.push(*h);
+                }
+                let kept = &l[p..];
+                for i in 0..n {
+                    let got = inclusion_proof_after(&prefix, kept, i as u64);
+                    if i < p {
+                        assert_eq!(got, None, "n={n} p={p} i={i}");
+                    } else {
+                        let proof = got.unwrap();
+                        assert!(verify_inclusion(
+                            &l[i],
+                            i as u64,
+                            n as u64,
+                            &proof,
+                            &mth(&l)
+                        ));
+                        assert_eq!(Some(proof), inclusion_proof(&l, i), "n={n} p={p} i={i}");
+                    }
+                }
+                for m in 0..=n {
+                    let got = consistency_proof_after(&prefix, kept, m as u64);
+                    if m > 0 && m < p {
+                        assert_eq!(got, None, "n={n} p={p} m={m}");
+                    } else {
+                        let proof = got.unwrap();
+                        assert!(verify_consistency(
+                            m as u64,
+                            n as u64,
+                            &mth(&l[..m]),
+                            &mth(&l),
+                            &proof
+                        ));
+                        assert_eq!(Some(proof), consistency_proof(&l, m), "n={n} p={p} m={m}");
+                    }
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout, reason = "this module is CLI output")]
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -13,7 +14,7 @@ use bulkhead_audit::checkpoint::{
 use bulkhead_audit::{AuditKey, AuditPublicKey, LogId, SignedCheckpoint};
 use bulkhead_core::TenantId;
 use bulkhead_core::crypto::MasterKey;
-use bulkhead_store::audit::{VerifyReport, verify_log};
+use bulkhead_store::audit::{VerifyFailure, VerifyReport, verify_all, verify_log};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -142,25 +143,6 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     }
     let key = public_key(&cfg, a.public_key.as_deref())?;
     let (registry, backend) = crate::serve::open_storage(&cfg).await?;
-    let logs = match &a.tenant {
-        Some(t) => vec![LogId::Tenant(
-            TenantId::parse(t).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?,
-        )],
-        None => {
-            let mut logs = vec![LogId::Operator];
-            let mut after = None;
-            loop {
-                let page = registry
-                    .list_tenants(after, 1000)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("cannot list tenants: {e}"))?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id);
-                logs.extend(page.iter().map(|t| LogId::Tenant(t.id)));
-            }
-            logs
-        }
-    };
     let started = Instant::now();
     let bar = if a.json {
         ProgressBar::hidden()
@@ -171,35 +153,66 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{spinner} {elapsed} {msg} {pos} entries ({per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    let fail = |f: VerifyFailure| {
+        bar.abandon();
+        if a.json {
+            println!(
+                "{}",
+                json!({"ok": false, "log": f.log, "at": f.at, "error": f.what})
+            );
+        }
+        anyhow::anyhow!("audit verification failed: {f}")
+    };
     let mut total = VerifyReport::default();
     let mut per_log = Vec::new();
-    for (i, log) in logs.iter().enumerate() {
-        bar.set_message(format!("log {}/{} ({log})", i + 1, logs.len()));
-        let base = total.entries;
-        let report = verify_log(backend.as_ref(), *log, &key, &|n| {
-            bar.set_position(base + n);
-        })
-        .await;
-        match report {
-            Ok(r) => {
-                total.entries += r.entries;
-                total.checkpoints += r.checkpoints;
-                total.bytes += r.bytes;
-                total.pruned += r.pruned;
-                per_log.push((log.to_string(), r));
-            }
-            Err(f) => {
-                bar.abandon();
-                if a.json {
-                    println!(
-                        "{}",
-                        json!({"ok": false, "log": f.log, "at": f.at, "error": f.what})
-                    );
-                }
-                bail!("audit verification failed: {f}");
-            }
-        }
+    // Every log in one pass over the storage, when the adapter can scan them all.
+    let mut whole = None;
+    if a.tenant.is_none() {
+        bar.set_message("all logs");
+        let b = bar.clone();
+        whole = verify_all(backend.clone(), &key, Arc::new(move |n| b.set_position(n)))
+            .await
+            .map_err(fail)?;
     }
+    let logs_count = if let Some((logs, report)) = whole {
+        total = report;
+        usize::try_from(logs).unwrap_or(usize::MAX)
+    } else {
+        let logs = match &a.tenant {
+            Some(t) => vec![LogId::Tenant(
+                TenantId::parse(t).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?,
+            )],
+            None => {
+                let mut logs = vec![LogId::Operator];
+                let mut after = None;
+                loop {
+                    let page = registry
+                        .list_tenants(after, 1000)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot list tenants: {e}"))?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id);
+                    logs.extend(page.iter().map(|t| LogId::Tenant(t.id)));
+                }
+                logs
+            }
+        };
+        for (i, log) in logs.iter().enumerate() {
+            bar.set_message(format!("log {}/{} ({log})", i + 1, logs.len()));
+            let base = total.entries;
+            let r = verify_log(backend.as_ref(), *log, &key, &|n| {
+                bar.set_position(base + n);
+            })
+            .await
+            .map_err(fail)?;
+            total.entries += r.entries;
+            total.checkpoints += r.checkpoints;
+            total.bytes += r.bytes;
+            total.pruned += r.pruned;
+            per_log.push((log.to_string(), r));
+        }
+        logs.len()
+    };
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let sha = if a.bench {
@@ -222,7 +235,7 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             "{}",
             json!({
                 "ok": true,
-                "logs": logs.len(),
+                "logs": logs_count,
                 "entries": total.entries,
                 "checkpoints": total.checkpoints,
                 "pruned": total.pruned,
@@ -238,7 +251,7 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "ok: {} logs, {} entries, {} checkpoints verified ({} pruned by retention) in {:.2} s",
-            logs.len(),
+            logs_count,
             total.entries,
             total.checkpoints,
             total.pruned,

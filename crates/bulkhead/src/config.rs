@@ -57,12 +57,44 @@ pub struct AuditSettings {
     /// Seconds between checkpoints: logs that grew are sequenced and a checkpoint is signed.
     /// Proofs cover entries up to the latest checkpoint.
     pub checkpoint_interval_seconds: u64,
+    /// A log that grew is checkpointed once its oldest entry not yet covered is this many
+    /// seconds old (0: at the next round). Bounds how long an entry is unprovable (plus one
+    /// round), and how many signatures a busy log costs: one per this many seconds.
+    pub checkpoint_log_seconds: u64,
     /// Every this many checkpoint rounds, every tenant's log is looked at (catches entries
     /// appended by other instances); in between, only logs this instance appended to.
     pub sweep_every: u64,
     /// Days audit entries are kept, per tier; a tier not listed keeps them forever. Expired
     /// entries are pruned below a checkpoint, which keeps the tree verifiable.
     pub retention_days: std::collections::BTreeMap<String, u64>,
+    /// Embedded storage only: when the audit entry of a read is fsync'd. `window` (default): the
+    /// read is answered once its entry is committed to the write-ahead log (durable against a
+    /// killed process), and fsync'd within `read_sync_ms` or by the next data change, whichever
+    /// comes first. `strict`: fsync'd before the read is answered, like a write. (PostgreSQL
+    /// commits a read's entry with the read's own transaction either way.)
+    pub read_sync: ReadSync,
+    /// With `read_sync = "window"`: the longest an acknowledged read's entry stays un-fsync'd.
+    pub read_sync_ms: u64,
+}
+
+/// See [`AuditSettings::read_sync`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadSync {
+    Window,
+    Strict,
+}
+
+impl AuditSettings {
+    /// The SQLite adapter's setting for reads' entries.
+    pub fn read_audit_sync(&self) -> bulkhead_store_sqlite::ReadAuditSync {
+        match self.read_sync {
+            ReadSync::Strict => bulkhead_store_sqlite::ReadAuditSync::Strict,
+            ReadSync::Window => bulkhead_store_sqlite::ReadAuditSync::Window(
+                std::time::Duration::from_millis(self.read_sync_ms),
+            ),
+        }
+    }
 }
 
 impl Default for AuditSettings {
@@ -70,8 +102,11 @@ impl Default for AuditSettings {
         Self {
             enabled: true,
             checkpoint_interval_seconds: 1,
+            checkpoint_log_seconds: 5,
             sweep_every: 60,
             retention_days: std::collections::BTreeMap::new(),
+            read_sync: ReadSync::Window,
+            read_sync_ms: 100,
         }
     }
 }
@@ -415,6 +450,11 @@ impl Config {
             anyhow::bail!(
                 "audit.checkpoint_interval_seconds and audit.sweep_every must be at least 1"
             );
+        }
+        if self.audit.read_sync == ReadSync::Window
+            && !(1..=10_000).contains(&self.audit.read_sync_ms)
+        {
+            anyhow::bail!("audit.read_sync_ms must be between 1 and 10000");
         }
         for (tier, days) in &self.audit.retention_days {
             // Tiers may also be defined later through the API: only the name's form is checked.

@@ -143,7 +143,11 @@ pub async fn open_storage(
     cfg: &Config,
 ) -> anyhow::Result<(Arc<dyn Registry>, Arc<dyn RecordBackend>)> {
     let Some(url) = cfg.storage.url.as_deref() else {
-        let sqlite = SqliteStore::open(&cfg.data_dir, cfg.storage.sqlite_readers)
+        let opts = bulkhead_store_sqlite::SqliteOptions {
+            readers: cfg.storage.sqlite_readers,
+            read_audit_sync: cfg.audit.read_audit_sync(),
+        };
+        let sqlite = SqliteStore::open_with(&cfg.data_dir, opts)
             .with_context(|| format!("cannot open the database in `{}`", cfg.data_dir.display()))?;
         return Ok((Arc::new(sqlite.clone()), Arc::new(sqlite)));
     };
@@ -296,7 +300,10 @@ pub async fn checkpointer(store: Arc<Store>, cfg: crate::config::AuditSettings) 
     loop {
         tick.tick().await;
         round = round.wrapping_add(1);
-        store.audit().checkpoint_dirty().await;
+        store
+            .audit()
+            .checkpoint_due(Duration::from_secs(cfg.checkpoint_log_seconds))
+            .await;
         if round.is_multiple_of(cfg.sweep_every)
             && let Err(e) = sweep(&store, &cfg).await
         {

@@ -4,7 +4,7 @@
 
 use bulkhead_audit::LogId;
 use bulkhead_audit::entry::entry_leaf;
-use bulkhead_store::port::{AuditRow, CheckpointRow};
+use bulkhead_store::port::{AuditRow, AuditScanChunk, AuditScanRow, CheckpointRow};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 fn bad(what: &str) -> rusqlite::Error {
@@ -40,13 +40,19 @@ pub(crate) fn size(c: &Connection, log: LogId) -> rusqlite::Result<u64> {
     to_u64(next.max(checkpointed))
 }
 
-/// Places `bodies` at the end of the log. Runs on the writer, inside the caller's savepoint.
-pub(crate) fn append(c: &Connection, log: LogId, bodies: &[Vec<u8>]) -> rusqlite::Result<()> {
+/// Places `bodies` at the end of the log, whose size is `size` (the writer knows it: see
+/// `Tx::append`). Runs on the writer, inside the caller's transaction.
+pub(crate) fn append_at(
+    c: &Connection,
+    log: LogId,
+    size: u64,
+    bodies: &[Vec<u8>],
+) -> rusqlite::Result<()> {
     let id = log.to_bytes();
     let mut st = c.prepare_cached(
         "INSERT INTO audit_entries (log, seq, body, leaf) VALUES (?1, ?2, ?3, ?4)",
     )?;
-    for (seq, body) in (size(c, log)?..).zip(bodies) {
+    for (seq, body) in (size..).zip(bodies) {
         let leaf = entry_leaf(log, seq, body);
         st.execute(params![id.as_slice(), to_i64(seq)?, body, leaf.as_slice()])?;
     }
@@ -180,4 +186,95 @@ pub(crate) fn prune(c: &Connection, log: LogId, below: u64) -> rusqlite::Result<
         .prepare_cached("DELETE FROM audit_entries WHERE log = ?1 AND seq < ?2")?
         .execute(params![log.to_bytes().as_slice(), to_i64(below)?])?;
     Ok(u64::try_from(n).unwrap_or(u64::MAX))
+}
+
+fn log_of(b: &[u8]) -> rusqlite::Result<LogId> {
+    <[u8; 16]>::try_from(b)
+        .map(LogId::from_bytes)
+        .map_err(|_| bad("log"))
+}
+
+/// Entries of every log after `after`, in `(log, seq)` order, bodies in one buffer.
+pub(crate) fn scan(
+    c: &Connection,
+    after: Option<(LogId, u64)>,
+    limit: usize,
+) -> rusqlite::Result<AuditScanChunk> {
+    let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut out = AuditScanChunk {
+        rows: Vec::with_capacity(limit.min(65_536)),
+        bodies: Vec::with_capacity(limit.min(65_536).saturating_mul(256)),
+    };
+    let mut push = |r: &Row<'_>| -> rusqlite::Result<()> {
+        let log = log_of(r.get_ref(0)?.as_blob()?)?;
+        let seq = to_u64(r.get(1)?)?;
+        let body = r.get_ref(2)?.as_blob()?;
+        let leaf = <[u8; 32]>::try_from(r.get_ref(3)?.as_blob()?).map_err(|_| bad("hash"))?;
+        let start = out.bodies.len();
+        out.bodies.extend_from_slice(body);
+        out.rows.push(AuditScanRow {
+            log,
+            seq,
+            start,
+            end: out.bodies.len(),
+            leaf,
+        });
+        Ok(())
+    };
+    match after {
+        None => {
+            let mut st = c.prepare_cached(
+                "SELECT log, seq, body, leaf FROM audit_entries ORDER BY log, seq LIMIT ?1",
+            )?;
+            let mut rows = st.query([limit_i])?;
+            while let Some(r) = rows.next()? {
+                push(r)?;
+            }
+        }
+        Some((log, seq)) => {
+            let mut st = c.prepare_cached(
+                "SELECT log, seq, body, leaf FROM audit_entries WHERE (log, seq) > (?1, ?2)
+                 ORDER BY log, seq LIMIT ?3",
+            )?;
+            let mut rows = st.query(params![log.to_bytes().as_slice(), to_i64(seq)?, limit_i])?;
+            while let Some(r) = rows.next()? {
+                push(r)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checkpoints of every log after `after`, in `(log, size)` order.
+pub(crate) fn scan_checkpoints(
+    c: &Connection,
+    after: Option<(LogId, u64)>,
+    limit: usize,
+) -> rusqlite::Result<Vec<(LogId, CheckpointRow)>> {
+    let (log, size) = match after {
+        Some((l, s)) => (l.to_bytes().to_vec(), to_i64(s)?),
+        // Below every log id and size.
+        None => (Vec::new(), -1),
+    };
+    let mut st = c.prepare_cached(&format!(
+        "SELECT log, {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE (log, size) > (?1, ?2)
+         ORDER BY log, size LIMIT ?3"
+    ))?;
+    let rows = st.query_map(
+        params![log, size, i64::try_from(limit).unwrap_or(i64::MAX)],
+        |r| {
+            Ok((
+                log_of(r.get_ref(0)?.as_blob()?)?,
+                CheckpointRow {
+                    size: to_u64(r.get(1)?)?,
+                    root: hash(r.get(2)?)?,
+                    time_us: r.get(3)?,
+                    key_id: r.get(4)?,
+                    signature: r.get(5)?,
+                    frontier: r.get(6)?,
+                },
+            ))
+        },
+    )?;
+    rows.collect()
 }

@@ -5,6 +5,14 @@
 //!   commit): one fsync acknowledges many writes, and no write is acknowledged before its
 //!   commit is durable (`synchronous = FULL`). Each write runs inside its own savepoint, so one
 //!   failing write does not undo the others in its group.
+//! - **Audit entries of reads** ride the same writer. With the default
+//!   [`ReadAuditSync::Window`], a group made only of read entries (no data change) commits
+//!   with `synchronous = NORMAL`: the commit is in the WAL file, durable against a killed
+//!   process, before the read is answered; the next data-changing group's fsync covers it, and
+//!   a syncer thread fsyncs the WAL file at least every window while unsynced read entries
+//!   exist (so a power loss can lose at most the last window of read entries, never a data
+//!   change). [`ReadAuditSync::Strict`] treats read entries like writes (fsync'd before the
+//!   answer).
 //! - **Reads** run on a small pool of read-only connections on the blocking thread pool; WAL
 //!   lets them proceed while the writer commits.
 //!
@@ -16,8 +24,11 @@ mod limits;
 mod schema;
 mod sql;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bulkhead_audit::LogId;
@@ -25,9 +36,9 @@ use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    AuditBackend, AuditRow, AuditScope, CheckpointRow, CollectionRow, IndexToken, InsertOutcome,
-    InsertRow, PolicyRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow, TenantPatch,
-    TenantRow, TierRow, UpdateRow, WriteOutcome,
+    AuditBackend, AuditRow, AuditScanChunk, AuditScope, CheckpointRow, CollectionRow, IndexToken,
+    InsertOutcome, InsertRow, PolicyRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow,
+    TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
 use parking_lot::Mutex;
 use rusqlite::Connection;
@@ -39,11 +50,104 @@ const MAX_GROUP: usize = 512;
 /// growing memory without bound.
 const MAX_QUEUED: usize = 8192;
 
+/// Most logs whose size the writer remembers (beyond it, the memory is cleared and sizes are
+/// read again from the table).
+const MAX_SIZES: usize = 100_000;
+
 /// A write's result, delivered once its group's commit is known.
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A write: runs inside the group's transaction (or, given `None`, reports that none could be
 /// begun without running); returns whether its changes should be kept.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> (bool, Completion) + Send>;
+type WriteJob = Box<dyn FnOnce(Option<&mut Tx<'_>>) -> (bool, Completion) + Send>;
+
+/// What the writer thread is sent.
+enum Job {
+    /// A change (or anything that must be fsync'd before it is acknowledged).
+    Write(WriteJob),
+    /// The audit entry of a read: one insert, no data change; acknowledged after its group's
+    /// commit, fsync'd per [`ReadAuditSync`].
+    ReadEntry {
+        log: LogId,
+        body: Vec<u8>,
+        done: oneshot::Sender<Result<(), BackendError>>,
+    },
+}
+
+/// When the audit entry of a read is fsync'd (`audit.read_sync` in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadAuditSync {
+    /// Like a write: the read is answered once its entry's commit is fsync'd.
+    Strict,
+    /// The read is answered once its entry is committed to the WAL file (durable against a
+    /// killed process); the WAL file is fsync'd within this window (and by every later data
+    /// change's commit).
+    Window(Duration),
+}
+
+impl Default for ReadAuditSync {
+    fn default() -> Self {
+        Self::Window(Duration::from_millis(100))
+    }
+}
+
+/// Settings of the SQLite adapter.
+#[derive(Debug, Clone, Copy)]
+pub struct SqliteOptions {
+    /// Read connections in the pool.
+    pub readers: usize,
+    pub read_audit_sync: ReadAuditSync,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            readers: 8,
+            read_audit_sync: ReadAuditSync::default(),
+        }
+    }
+}
+
+/// The writer's transaction, handed to each write: the connection, and the sizes of the audit
+/// logs it appended to (so an append does not look the size up in the table every time).
+pub(crate) struct Tx<'a> {
+    conn: &'a Connection,
+    sizes: &'a mut HashMap<LogId, u64>,
+    /// Logs the current job appended to (forgotten from `sizes` if its savepoint is undone).
+    touched: Vec<LogId>,
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Tx<'_> {
+    /// Appends `bodies` to `log` (see [`audit::append`]), knowing the log's size.
+    pub(crate) fn append(&mut self, log: LogId, bodies: &[Vec<u8>]) -> rusqlite::Result<()> {
+        let size = match self.sizes.get(&log) {
+            Some(n) => *n,
+            None => audit::size(self.conn, log)?,
+        };
+        self.touched.push(log);
+        // Forgotten until the append succeeds: a failure leaves the size unknown.
+        self.sizes.remove(&log);
+        audit::append_at(self.conn, log, size, bodies)?;
+        if self.sizes.len() >= MAX_SIZES {
+            self.sizes.clear();
+        }
+        self.sizes.insert(log, size + bodies.len() as u64);
+        Ok(())
+    }
+
+    /// Forgets the sizes of the logs the current job touched (its changes were undone).
+    fn forget_touched(&mut self) {
+        for l in self.touched.drain(..) {
+            self.sizes.remove(&l);
+        }
+    }
+}
 
 /// The SQLite adapter. Cheap to clone.
 #[derive(Clone)]
@@ -54,6 +158,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<Job>,
+    read_audit_sync: ReadAuditSync,
     /// Idle read connections.
     readers: Mutex<Vec<Connection>>,
     /// Bounds concurrent readers to the pool size.
@@ -74,8 +179,20 @@ pub fn database_path(data_dir: &Path) -> PathBuf {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database in `data_dir` and applies migrations.
+    /// Opens (creating if needed) the database in `data_dir` and applies migrations, with the
+    /// default settings and `readers` read connections.
     pub fn open(data_dir: &Path, readers: usize) -> Result<Self, BackendError> {
+        Self::open_with(
+            data_dir,
+            SqliteOptions {
+                readers,
+                ..SqliteOptions::default()
+            },
+        )
+    }
+
+    /// Opens (creating if needed) the database in `data_dir` and applies migrations.
+    pub fn open_with(data_dir: &Path, opts: SqliteOptions) -> Result<Self, BackendError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             BackendError::Unavailable(format!("cannot create `{}`: {e}", data_dir.display()))
         })?;
@@ -96,15 +213,25 @@ impl SqliteStore {
         schema::configure_writer(&conn).map_err(sql::map)?;
         schema::migrate(&mut conn).map_err(sql::map)?;
         let (tx, rx) = mpsc::channel::<Job>(MAX_QUEUED);
+        // Commits of read-entry-only groups not yet covered by an fsync.
+        let unsynced = Arc::new(AtomicU64::new(0));
+        if let ReadAuditSync::Window(every) = opts.read_audit_sync {
+            let (wal, unsynced, alive) = (wal_path(&path), unsynced.clone(), tx.downgrade());
+            std::thread::Builder::new()
+                .name("bulkhead-sqlite-syncer".into())
+                .spawn(move || syncer_loop(&wal, every, &unsynced, &alive))
+                .map_err(|e| BackendError::Other(format!("cannot start the syncer thread: {e}")))?;
+        }
         std::thread::Builder::new()
             .name("bulkhead-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, &unsynced))
             .map_err(|e| BackendError::Other(format!("cannot start the writer thread: {e}")))?;
-        let readers = readers.max(1);
+        let readers = opts.readers.max(1);
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writer: tx,
+                read_audit_sync: opts.read_audit_sync,
                 readers: Mutex::new(Vec::with_capacity(readers)),
                 read_slots: Semaphore::new(readers),
             }),
@@ -115,13 +242,30 @@ impl SqliteStore {
         &self.inner.path
     }
 
+    /// Records the audit entry of a read in `log`: resolves once it is committed (and, with
+    /// [`ReadAuditSync::Strict`], fsync'd).
+    async fn read_entry(&self, log: LogId, body: &[u8]) -> Result<(), BackendError> {
+        let body = body.to_vec();
+        if self.inner.read_audit_sync == ReadAuditSync::Strict {
+            return self.write(move |c| c.append(log, &[body])).await;
+        }
+        let (done, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::ReadEntry { log, body, done })
+            .await
+            .map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?;
+        rx.await
+            .map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?
+    }
+
     /// Runs `f` inside the next group commit; resolves once the commit is durable.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Tx<'_>) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, BackendError> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job: WriteJob = Box::new(move |conn| {
             let result = match conn {
                 Some(c) => f(c).map_err(sql::map),
                 None => Err(BackendError::Unavailable(
@@ -144,7 +288,7 @@ impl SqliteStore {
         });
         self.inner
             .writer
-            .send(job)
+            .send(Job::Write(job))
             .await
             .map_err(|_| BackendError::Unavailable("the storage writer has stopped".into()))?;
         rx.await
@@ -196,9 +340,59 @@ impl Inner {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+/// The WAL file of the database at `db`.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push("-wal");
+    PathBuf::from(p)
+}
+
+/// Fsyncs the WAL file every `every` while read-entry-only groups committed without an fsync
+/// (`unsynced` counts them). Stops when the writer is gone.
+fn syncer_loop(wal: &Path, every: Duration, unsynced: &AtomicU64, alive: &mpsc::WeakSender<Job>) {
+    let mut synced = 0;
+    loop {
+        std::thread::sleep(every);
+        let seen = unsynced.load(Ordering::Acquire);
+        if seen != synced {
+            // Every commit counted in `seen` wrote its frames before it was counted: the fsync
+            // (of the file, through any descriptor) covers them.
+            match std::fs::File::open(wal).and_then(|f| f.sync_data()) {
+                Ok(()) => synced = seen,
+                // No WAL file: everything was checkpointed into the database (and synced).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => synced = seen,
+                Err(e) => tracing::error!(error = %e, "sqlite: cannot fsync the write-ahead log"),
+            }
+        }
+        if alive.strong_count() == 0 {
+            return;
+        }
+    }
+}
+
+/// Runs a transaction-control statement (`BEGIN`, `SAVEPOINT`…) from the statement cache: the
+/// writer runs several per group, and parsing them each time costs more than running them.
+fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.raw_execute().map(drop)
+}
+
+/// Sets `synchronous` when it is not already `want` (outside a transaction).
+fn set_sync(conn: &Connection, current: &mut &'static str, want: &'static str) {
+    if *current != want {
+        match conn.pragma_update(None, "synchronous", want) {
+            Ok(()) => *current = want,
+            Err(e) => tracing::error!(error = %e, "sqlite: cannot set synchronous"),
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>, unsynced: &AtomicU64) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut done: Vec<Completion> = Vec::with_capacity(MAX_GROUP);
+    let mut read_done: Vec<oneshot::Sender<Result<(), BackendError>>> =
+        Vec::with_capacity(MAX_GROUP);
+    let mut sizes: HashMap<LogId, u64> = HashMap::new();
+    let mut sync: &'static str = "FULL";
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_GROUP {
@@ -207,34 +401,77 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        // INVARIANT: a group with a data change (or anything sent through `write`) commits
+        // with `synchronous = FULL`; only a group of read entries alone may commit without an
+        // fsync. Set outside the transaction: it applies to the next commit.
+        let reads_only = batch.iter().all(|j| matches!(j, Job::ReadEntry { .. }));
+        set_sync(&conn, &mut sync, if reads_only { "NORMAL" } else { "FULL" });
+        if let Err(e) = control(&conn, "BEGIN IMMEDIATE") {
             let msg = e.to_string();
             tracing::error!(error = %msg, "sqlite: cannot begin a write transaction");
             for job in batch.drain(..) {
-                // The job does not run; it reports the failure through its completion.
-                let (_, c) = job(None);
-                c(Err(msg.clone()));
+                match job {
+                    // The job does not run; it reports the failure through its completion.
+                    Job::Write(job) => {
+                        let (_, c) = job(None);
+                        c(Err(msg.clone()));
+                    }
+                    Job::ReadEntry { done, .. } => {
+                        let _ = done.send(Err(BackendError::Unavailable(msg.clone())));
+                    }
+                }
             }
             continue;
         }
+        let mut tx = Tx {
+            conn: &conn,
+            sizes: &mut sizes,
+            touched: Vec::new(),
+        };
         for job in batch.drain(..) {
-            let sp = conn.execute_batch("SAVEPOINT w");
-            let (keep, completion) = job(Some(&conn));
-            if sp.is_ok() {
-                if !keep {
-                    let _ = conn.execute_batch("ROLLBACK TO w");
+            match job {
+                Job::Write(job) => {
+                    let sp = control(&conn, "SAVEPOINT w");
+                    let (keep, completion) = job(Some(&mut tx));
+                    if sp.is_ok() {
+                        if !keep {
+                            let _ = control(&conn, "ROLLBACK TO w");
+                            tx.forget_touched();
+                        }
+                        let _ = control(&conn, "RELEASE w");
+                    }
+                    tx.touched.clear();
+                    done.push(completion);
                 }
-                let _ = conn.execute_batch("RELEASE w");
+                Job::ReadEntry { log, body, done } => {
+                    // One statement, atomic on its own: no savepoint needed.
+                    match tx.append(log, std::slice::from_ref(&body)) {
+                        Ok(()) => read_done.push(done),
+                        Err(e) => {
+                            let _ = done.send(Err(sql::map(e)));
+                        }
+                    }
+                    tx.touched.clear();
+                }
             }
-            done.push(completion);
         }
-        let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        let commit = control(&conn, "COMMIT").map_err(|e| e.to_string());
         if let Err(m) = &commit {
             tracing::error!(error = %m, "sqlite: group commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = control(&conn, "ROLLBACK");
+            sizes.clear();
+        } else if reads_only {
+            unsynced.fetch_add(1, Ordering::Release);
         }
         for c in done.drain(..) {
             c(commit.clone());
+        }
+        for d in read_done.drain(..) {
+            let _ = d.send(
+                commit
+                    .clone()
+                    .map_err(|m| BackendError::Unavailable(format!("commit failed: {m}"))),
+            );
         }
     }
 }
@@ -383,7 +620,7 @@ impl RecordBackend for SqliteStore {
         self.write(move |c| {
             let out = sql::insert(c, t, &row)?;
             if let (InsertOutcome::Inserted, Some(body)) = (&out, audit) {
-                audit::append(c, LogId::Tenant(t), &[body])?;
+                c.append(LogId::Tenant(t), &[body])?;
             }
             Ok(out)
         })
@@ -401,9 +638,7 @@ impl RecordBackend for SqliteStore {
         let row = self.read(move |c| sql::get(c, t, &name, id)).await?;
         if let (Some(_), Some(body)) = (&row, audit) {
             // The read is acknowledged only once its entry rides a group commit.
-            let body = body.to_vec();
-            self.write(move |c| audit::append(c, LogId::Tenant(t), &[body]))
-                .await?;
+            self.read_entry(LogId::Tenant(t), body).await?;
         }
         Ok(row)
     }
@@ -418,7 +653,7 @@ impl RecordBackend for SqliteStore {
         self.write(move |c| {
             let out = sql::update(c, t, &row)?;
             if let (WriteOutcome::Written { .. }, Some(body)) = (&out, audit) {
-                audit::append(c, LogId::Tenant(t), &[body])?;
+                c.append(LogId::Tenant(t), &[body])?;
             }
             Ok(out)
         })
@@ -437,7 +672,7 @@ impl RecordBackend for SqliteStore {
         self.write(move |c| {
             let out = sql::delete(c, t, &name, id, expected)?;
             if let (WriteOutcome::Written { .. }, Some(body)) = (&out, audit) {
-                audit::append(c, LogId::Tenant(t), &[body])?;
+                c.append(LogId::Tenant(t), &[body])?;
             }
             Ok(out)
         })
@@ -458,9 +693,7 @@ impl RecordBackend for SqliteStore {
             .read(move |c| sql::query(c, t, &name, &all_of, after, limit))
             .await?;
         if let Some(body) = audit {
-            let body = body.to_vec();
-            self.write(move |c| audit::append(c, LogId::Tenant(t), &[body]))
-                .await?;
+            self.read_entry(LogId::Tenant(t), body).await?;
         }
         Ok(rows)
     }
@@ -519,7 +752,7 @@ impl AuditBackend for SqliteStore {
     async fn audit_append(&self, log: &AuditScope, bodies: &[Vec<u8>]) -> Result<(), BackendError> {
         // Rides the next group commit: durable when this returns.
         let (log, bodies) = (log.log(), bodies.to_vec());
-        self.write(move |c| audit::append(c, log, &bodies)).await
+        self.write(move |c| c.append(log, &bodies)).await
     }
 
     async fn audit_sequence(&self, log: &AuditScope) -> Result<u64, BackendError> {
@@ -582,5 +815,25 @@ impl AuditBackend for SqliteStore {
     async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError> {
         let log = log.log();
         self.write(move |c| audit::prune(c, log, below)).await
+    }
+
+    async fn unscoped_audit_scan(
+        &self,
+        after: Option<(LogId, u64)>,
+        limit: usize,
+    ) -> Result<Option<AuditScanChunk>, BackendError> {
+        self.read(move |c| audit::scan(c, after, limit))
+            .await
+            .map(Some)
+    }
+
+    async fn unscoped_audit_checkpoints(
+        &self,
+        after: Option<(LogId, u64)>,
+        limit: usize,
+    ) -> Result<Option<Vec<(LogId, CheckpointRow)>>, BackendError> {
+        self.read(move |c| audit::scan_checkpoints(c, after, limit))
+            .await
+            .map(Some)
     }
 }

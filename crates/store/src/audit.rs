@@ -5,11 +5,12 @@
 //! context ([`crate::Store::tenant_audit`]), or through the operator door
 //! ([`crate::Store::operator_audit`]), which only operator-authenticated paths call.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bulkhead_audit::checkpoint::{
-    ConsistencyProofJson, EntryJson, InclusionProofJson, consistency_json, inclusion_json,
+    ConsistencyProofJson, EntryJson, InclusionProofJson, consistency_json_after,
+    inclusion_json_after,
 };
 use bulkhead_audit::entry::entry_leaf;
 use bulkhead_audit::{
@@ -54,8 +55,9 @@ pub struct Audit {
     backend: Arc<dyn RecordBackend>,
     key: AuditKey,
     cfg: AuditConfig,
-    /// Logs this instance appended to since the checkpointer last looked.
-    dirty: parking_lot::Mutex<BTreeSet<LogId>>,
+    /// Logs this instance appended to since their last checkpoint here, with when they were
+    /// first appended to since then.
+    dirty: parking_lot::Mutex<BTreeMap<LogId, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -130,7 +132,7 @@ impl Audit {
             backend,
             key,
             cfg,
-            dirty: parking_lot::Mutex::new(BTreeSet::new()),
+            dirty: parking_lot::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -144,7 +146,10 @@ impl Audit {
     }
 
     pub(crate) fn mark(&self, log: LogId) {
-        self.dirty.lock().insert(log);
+        self.dirty
+            .lock()
+            .entry(log)
+            .or_insert_with(std::time::Instant::now);
     }
 
     /// Appends one entry, durably. Used by every path that is not a data change (those append
@@ -346,8 +351,27 @@ impl Audit {
     /// checkpoints were signed. A log that fails stays marked and is retried next time.
     pub async fn checkpoint_dirty(&self) -> usize {
         let logs: Vec<LogId> = std::mem::take(&mut *self.dirty.lock())
-            .into_iter()
+            .into_keys()
             .collect();
+        self.checkpoint_logs(logs).await
+    }
+
+    /// Checkpoints the logs this instance appended to whose oldest entry not checkpointed here
+    /// was appended at least `age` ago (the periodic checkpointer: a busy log gets one
+    /// checkpoint per `age`, not one per round). Returns how many checkpoints were signed.
+    pub async fn checkpoint_due(&self, age: std::time::Duration) -> usize {
+        let logs: Vec<LogId> = {
+            let mut dirty = self.dirty.lock();
+            let due: Vec<LogId> = dirty
+                .iter()
+                .filter(|(_, since)| since.elapsed() >= age)
+                .map(|(l, _)| *l)
+                .collect();
+            for l in &due {
+                dirty.remove(l);
+            }
+            due
+        };
         self.checkpoint_logs(logs).await
     }
 
@@ -456,16 +480,60 @@ impl Audit {
         to_signed(scope.log(), &row)
     }
 
-    async fn leaves(&self, scope: &AuditScope, size: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        let leaves = self.backend.audit_leaves(scope, 0, size).await?;
-        if leaves.len() as u64 != size {
-            // Pruned by retention (or missing): no proof from stored entries.
+    /// The tree of the log's first `size` entries as far as storage knows it: the compact
+    /// range of the pruned prefix (empty if nothing was pruned; else the frontier stored with
+    /// the checkpoint at the prune point) and the leaf hashes of the stored entries up to
+    /// `size`.
+    async fn known_tree(
+        &self,
+        scope: &AuditScope,
+        size: u64,
+    ) -> Result<(CompactRange, Vec<[u8; 32]>), StoreError> {
+        let log = scope.log();
+        if size == 0 {
+            return Ok((CompactRange::new(), Vec::new()));
+        }
+        let first = self
+            .backend
+            .audit_entries(scope, 0, 1)
+            .await?
+            .first()
+            .map(|r| r.seq)
+            .ok_or(StoreError::NotFound)?;
+        let prefix = if first == 0 {
+            CompactRange::new()
+        } else {
+            let cp = self
+                .backend
+                .audit_checkpoint(scope, Some(first))
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            CompactRange::from_bytes(cp.size, &cp.frontier)
+                .filter(|r| r.root() == cp.root)
+                .ok_or_else(|| {
+                    StoreError::Integrity(format!(
+                        "frontier of checkpoint {} of log {log} does not match its root",
+                        cp.size
+                    ))
+                })?
+        };
+        if size < prefix.size() {
             return Err(StoreError::NotFound);
         }
-        Ok(leaves)
+        let leaves = self
+            .backend
+            .audit_leaves(scope, prefix.size(), size)
+            .await?;
+        if leaves.len() as u64 != size - prefix.size() {
+            // Missing entries: no proof from stored entries.
+            return Err(StoreError::NotFound);
+        }
+        Ok((prefix, leaves))
     }
 
     /// The proof that entry `seq` is in the checkpoint of `size` entries (which must exist).
+    /// Works after retention pruned entries below `seq` (from the prune point's frontier);
+    /// a pruned entry has no proof.
     pub async fn inclusion(
         &self,
         scope: &AuditScope,
@@ -483,11 +551,12 @@ impl Audit {
             .into_iter()
             .find(|r| r.seq == seq)
             .ok_or(StoreError::NotFound)?;
-        let leaves = self.leaves(scope, size).await?;
-        inclusion_json(seq, &entry.body, &leaves, &cp).ok_or(StoreError::NotFound)
+        let (prefix, leaves) = self.known_tree(scope, size).await?;
+        inclusion_json_after(&prefix, seq, &entry.body, &leaves, &cp).ok_or(StoreError::NotFound)
     }
 
-    /// The proof that the checkpoint of `from` entries is a prefix of the one of `to`.
+    /// The proof that the checkpoint of `from` entries is a prefix of the one of `to`. Works
+    /// after retention as long as `from` is not below the prune point (or is 0).
     pub async fn consistency(
         &self,
         scope: &AuditScope,
@@ -499,8 +568,8 @@ impl Audit {
         }
         let a = self.checkpoint_at(scope, from).await?;
         let b = self.checkpoint_at(scope, to).await?;
-        let leaves = self.leaves(scope, to).await?;
-        consistency_json(&leaves, &a, &b).ok_or(StoreError::NotFound)
+        let (prefix, leaves) = self.known_tree(scope, to).await?;
+        consistency_json_after(&prefix, &leaves, &a, &b).ok_or(StoreError::NotFound)
     }
 
     // ---- retention -----------------------------------------------------------------------------
@@ -582,6 +651,178 @@ pub fn tenant_actor(ctx: &TenantContext) -> Actor {
     actor_of(ctx)
 }
 
+/// The verification of one log, fed its stored entries in order: the state shared by
+/// [`verify_log`] (one log) and [`verify_all`] (every log in one pass). Signatures are not
+/// checked here but handed out ([`LogCheck::take_signatures`]), so the caller may check them
+/// in bulk.
+struct LogCheck {
+    log: LogId,
+    range: CompactRange,
+    /// Stored checkpoints with a size above where the stored entries start, smallest first,
+    /// not reached yet.
+    cps: std::collections::VecDeque<CheckpointRow>,
+    /// Checkpoints reached (their root and frontier agree with the tree) whose signature is
+    /// still to be checked.
+    sigs: Vec<CheckpointRow>,
+    report: VerifyReport,
+}
+
+impl LogCheck {
+    fn fail(&self, at: String, what: impl Into<String>) -> VerifyFailure {
+        VerifyFailure {
+            log: self.log.to_string(),
+            at,
+            what: what.into(),
+        }
+    }
+
+    /// Starts a log whose first stored entry is `first` (`None`: no stored entry), with its
+    /// stored checkpoints in size order.
+    fn start(
+        log: LogId,
+        first: Option<u64>,
+        checkpoints: Vec<CheckpointRow>,
+    ) -> Result<Self, VerifyFailure> {
+        let mut c = LogCheck {
+            log,
+            range: CompactRange::new(),
+            cps: checkpoints.into(),
+            sigs: Vec::new(),
+            report: VerifyReport::default(),
+        };
+        if let Some(start) = first.filter(|s| *s > 0) {
+            // Pruned below `start`: the checkpoint of exactly `start` entries carries the
+            // tree's right edge; it must be signed and agree with its root.
+            let Some(i) = c.cps.iter().position(|cp| cp.size == start) else {
+                return Err(c.fail(
+                    format!("entry {}", start - 1),
+                    "entries are missing before the first stored one, and no checkpoint covers them",
+                ));
+            };
+            let cp = c
+                .cps
+                .remove(i)
+                .ok_or_else(|| c.fail("storage".into(), "checkpoint"))?;
+            c.range = CompactRange::from_bytes(cp.size, &cp.frontier)
+                .filter(|r| r.root() == cp.root)
+                .ok_or_else(|| {
+                    c.fail(
+                        format!("checkpoint {}", cp.size),
+                        "its frontier does not match its root",
+                    )
+                })?;
+            // Counted as before: the prefix's checkpoint is not one of the verified ones.
+            c.sigs.push(cp);
+            c.report.pruned = start;
+        }
+        // Checkpoints below where the entries start were checked when those entries were
+        // there; only the one of size 0 (the empty tree) is checked again.
+        let from = c.range.size();
+        while let Some(cp) = c.cps.front() {
+            if cp.size > from {
+                break;
+            }
+            if let Some(cp) = c.cps.pop_front()
+                && cp.size == 0
+                && from == 0
+            {
+                if cp.root != c.range.root() {
+                    return Err(c.fail("checkpoint 0".into(), "not the empty tree's root"));
+                }
+                c.report.checkpoints += 1;
+                c.sigs.push(cp);
+            }
+        }
+        Ok(c)
+    }
+
+    /// The next stored entry (hashes its bytes; checks position and stored leaf; checks every
+    /// checkpoint the tree reaches).
+    fn push(&mut self, seq: u64, body: &[u8], stored_leaf: &[u8; 32]) -> Result<(), VerifyFailure> {
+        if seq != self.range.size() {
+            return Err(self.fail(
+                format!("entry {}", self.range.size()),
+                format!("missing: the next stored entry is {seq}"),
+            ));
+        }
+        // The hash is what proves the bytes; their format is the server's own business (the
+        // listing reports unreadable entries).
+        let leaf = entry_leaf(self.log, seq, body);
+        if &leaf != stored_leaf {
+            return Err(self.fail(
+                format!("entry {seq}"),
+                "its bytes do not match its stored leaf hash",
+            ));
+        }
+        self.report.bytes += (bulkhead_audit::entry::HEADER_LEN + body.len() + 1) as u64;
+        self.range.push(leaf);
+        self.report.entries += 1;
+        while self
+            .cps
+            .front()
+            .is_some_and(|cp| cp.size == self.range.size())
+        {
+            let Some(cp) = self.cps.pop_front() else {
+                break;
+            };
+            if cp.root != self.range.root() {
+                return Err(self.fail(
+                    format!("entry {}", cp.size.saturating_sub(1)),
+                    format!(
+                        "the entries up to here do not hash to the signed root of checkpoint {}",
+                        cp.size
+                    ),
+                ));
+            }
+            if !self.range.frontier_is(&cp.frontier) {
+                return Err(self.fail(
+                    format!("checkpoint {}", cp.size),
+                    "its stored frontier does not match the tree",
+                ));
+            }
+            self.report.checkpoints += 1;
+            self.sigs.push(cp);
+        }
+        Ok(())
+    }
+
+    /// The end of the log's stored entries: a checkpoint left over names a size the entries
+    /// do not reach (the tail is gone).
+    fn finish(&self) -> Result<(), VerifyFailure> {
+        match self.cps.front() {
+            Some(cp) => Err(self.fail(
+                format!("entry {}", self.range.size()),
+                format!(
+                    "missing: the log ends at {} entries but checkpoint {} is signed",
+                    self.range.size(),
+                    cp.size
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    fn take_signatures(&mut self) -> Vec<CheckpointRow> {
+        std::mem::take(&mut self.sigs)
+    }
+}
+
+/// Checks the signatures of `cps` (of `log`, in order); the first bad one fails.
+fn check_signatures(
+    log: LogId,
+    cps: &[CheckpointRow],
+    key: &AuditPublicKey,
+) -> Result<(), VerifyFailure> {
+    for cp in cps {
+        check_checkpoint(log, cp, key).map_err(|what| VerifyFailure {
+            log: log.to_string(),
+            at: format!("checkpoint {}", cp.size),
+            what,
+        })?;
+    }
+    Ok(())
+}
+
 /// See [`Audit::verify`]; usable without a [`crate::Store`] (the offline verifier, `bulkhead
 /// audit verify`, has the storage and the public key only). It reads any log and reports only
 /// whether it verifies: operator tooling, never a request path.
@@ -592,13 +833,11 @@ pub async fn verify_log(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, VerifyFailure> {
     let scope = &AuditScope::new(log);
-    let fail = |at: String, what: String| VerifyFailure {
+    let storage = |e: crate::BackendError| VerifyFailure {
         log: log.to_string(),
-        at,
-        what,
+        at: "storage".into(),
+        what: e.to_string(),
     };
-    let storage = |e: crate::BackendError| fail("storage".into(), e.to_string());
-    let mut report = VerifyReport::default();
     // Where the stored entries start (retention may have pruned a prefix).
     let first = backend
         .audit_entries(scope, 0, 1)
@@ -606,152 +845,242 @@ pub async fn verify_log(
         .map_err(storage)?
         .first()
         .map(|r| r.seq);
-    let mut range = CompactRange::new();
-    if let Some(start) = first.filter(|s| *s > 0) {
-        // Pruned below `start`: the checkpoint of exactly `start` entries carries the tree's
-        // right edge; it must be signed and agree with its root.
-        let cp = backend
-            .audit_checkpoint(scope, Some(start))
-            .await
-            .map_err(storage)?
-            .ok_or_else(|| {
-                fail(
-                    format!("entry {}", start.saturating_sub(1)),
-                    "entries are missing before the first stored one, and no checkpoint covers them"
-                        .into(),
-                )
-            })?;
-        check_checkpoint(log, &cp, key).map_err(|w| fail(format!("checkpoint {}", cp.size), w))?;
-        range = CompactRange::from_bytes(cp.size, &cp.frontier)
-            .filter(|r| r.root() == cp.root)
-            .ok_or_else(|| {
-                fail(
-                    format!("checkpoint {}", cp.size),
-                    "its frontier does not match its root".into(),
-                )
-            })?;
-        report.pruned = start;
-    }
-    if range.size() == 0
-        && let Some(cp) = backend
-            .audit_checkpoint(scope, Some(0))
-            .await
-            .map_err(storage)?
-    {
-        check_checkpoint(log, &cp, key).map_err(|w| fail("checkpoint 0".into(), w))?;
-        if cp.root != range.root() {
-            return Err(fail(
-                "checkpoint 0".into(),
-                "not the empty tree's root".into(),
-            ));
-        }
-        report.checkpoints += 1;
-    }
-    // Checkpoints in size order, consumed as the tree reaches their size.
-    let mut cps = Checkpoints {
-        backend,
-        scope,
-        after: range.size(),
-        buf: std::collections::VecDeque::new(),
-        done: false,
-    };
+    let mut checkpoints = Vec::new();
+    let mut after = None;
     loop {
-        let rows = backend
-            .audit_entries(scope, range.size(), CHUNK)
+        let more = backend
+            .audit_checkpoints(scope, after.unwrap_or(0), 1000)
             .await
             .map_err(storage)?;
-        let Some(last) = rows.last() else { break };
+        if after.is_none()
+            && let Some(zero) = backend
+                .audit_checkpoint(scope, Some(0))
+                .await
+                .map_err(storage)?
+        {
+            checkpoints.push(zero);
+        }
+        let Some(last) = more.last() else { break };
+        after = Some(last.size);
+        checkpoints.extend(more);
+    }
+    let mut check = LogCheck::start(log, first, checkpoints)?;
+    let mut from = check.range.size();
+    let outcome = loop {
+        let rows = backend
+            .audit_entries(scope, from, CHUNK)
+            .await
+            .map_err(storage)?;
+        let Some(last) = rows.last() else {
+            break Ok(());
+        };
         let last_seq = last.seq;
-        for r in rows {
-            let at = format!("entry {}", range.size());
-            if r.seq != range.size() {
-                return Err(fail(
-                    at,
-                    format!("missing: the next stored entry is {}", r.seq),
-                ));
-            }
-            // The hash is what proves the bytes; their format is the server's own business
-            // (the listing reports unreadable entries).
-            let leaf = entry_leaf(log, r.seq, &r.body);
-            if leaf != r.leaf {
-                return Err(fail(
-                    at,
-                    "its bytes do not match its stored leaf hash".into(),
-                ));
-            }
-            report.bytes += (bulkhead_audit::entry::HEADER_LEN + r.body.len() + 1) as u64;
-            range.push(leaf);
-            report.entries += 1;
-            while let Some(cp) = cps.peek().await.map_err(storage)? {
-                if cp.size != range.size() {
-                    break;
-                }
-                let at = format!("checkpoint {}", cp.size);
-                check_checkpoint(log, cp, key).map_err(|w| fail(at.clone(), w))?;
-                if cp.root != range.root() {
-                    return Err(fail(
-                        format!("entry {}", cp.size.saturating_sub(1)),
-                        format!(
-                            "the entries up to here do not hash to the signed root of checkpoint {}",
-                            cp.size
-                        ),
-                    ));
-                }
-                if cp.frontier != range.to_bytes() {
-                    return Err(fail(
-                        at,
-                        "its stored frontier does not match the tree".into(),
-                    ));
-                }
-                report.checkpoints += 1;
-                cps.buf.pop_front();
-            }
+        if let Err(f) = rows
+            .iter()
+            .try_for_each(|r| check.push(r.seq, &r.body, &r.leaf))
+        {
+            break Err(f);
         }
-        progress(report.entries);
-        if last_seq + 1 != range.size() {
-            break;
+        progress(check.report.entries);
+        from = check.range.size();
+        if last_seq + 1 != from {
+            break Ok(());
         }
     }
-    // A checkpoint left over names a size the stored entries do not reach: the tail is gone.
-    if let Some(cp) = cps.peek().await.map_err(storage)? {
-        return Err(fail(
-            format!("entry {}", range.size()),
-            format!(
-                "missing: the log ends at {} entries but checkpoint {} is signed",
-                range.size(),
-                cp.size
-            ),
-        ));
-    }
-    Ok(report)
+    .and_then(|()| check.finish());
+    // A bad signature of a checkpoint reached before the failure is reported first.
+    check_signatures(log, &check.take_signatures(), key)?;
+    outcome.map(|()| check.report)
 }
 
-/// A log's checkpoints with sizes above `after`, read page by page.
-struct Checkpoints<'a> {
-    backend: &'a dyn RecordBackend,
-    scope: &'a AuditScope,
-    after: u64,
-    buf: std::collections::VecDeque<CheckpointRow>,
-    done: bool,
-}
+/// Entries (and checkpoints) read per storage round trip by [`verify_all`].
+const SCAN_CHUNK: usize = 16_384;
+/// Checkpoints whose signatures are checked together, on their own thread.
+const SIGNATURE_BATCH: usize = 512;
 
-impl Checkpoints<'_> {
-    async fn peek(&mut self) -> Result<Option<&CheckpointRow>, crate::BackendError> {
-        if self.buf.is_empty() && !self.done {
-            let more = self
-                .backend
-                .audit_checkpoints(self.scope, self.after, 1000)
-                .await?;
-            match more.last() {
-                Some(l) => self.after = l.size,
-                None => self.done = true,
-            }
-            self.buf.extend(more);
+/// Signatures to check, in `(log, size)` order.
+type SignatureBatch = Vec<(LogId, CheckpointRow)>;
+
+/// Verifies every log in the storage in one pass (what `bulkhead audit verify --all` does):
+/// the entries of all logs are streamed in `(log, seq)` order, a few storage round trips in
+/// all, read ahead of the hashing on their own task; checkpoint signatures are checked in
+/// batches on their own thread. `Ok(None)`: the adapter cannot scan every log (verify log by
+/// log with [`verify_log`]). The report counts logs too; the first failure in `(log,
+/// position)` order is reported.
+pub async fn verify_all(
+    backend: Arc<dyn RecordBackend>,
+    key: &AuditPublicKey,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<Option<(u64, VerifyReport)>, VerifyFailure> {
+    let storage = |e: crate::BackendError| VerifyFailure {
+        log: "*".into(),
+        at: "storage".into(),
+        what: e.to_string(),
+    };
+    // Every checkpoint first (few and small next to the entries), grouped by log.
+    let mut cps: std::collections::BTreeMap<[u8; 16], Vec<CheckpointRow>> = Default::default();
+    let mut after = None;
+    loop {
+        let Some(page) = backend
+            .unscoped_audit_checkpoints(after, SCAN_CHUNK)
+            .await
+            .map_err(storage)?
+        else {
+            return Ok(None);
+        };
+        let Some((l, cp)) = page.last() else { break };
+        after = Some((*l, cp.size));
+        for (l, cp) in page {
+            cps.entry(l.to_bytes()).or_default().push(cp);
         }
-        Ok(self.buf.front())
+    }
+    // The reader: chunks of entries, one ahead of the hashing.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::port::AuditScanChunk>(2);
+    let reader = {
+        let backend = backend.clone();
+        tokio::spawn(async move {
+            let mut after = None;
+            loop {
+                let chunk = match backend.unscoped_audit_scan(after, SCAN_CHUNK).await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return Ok(false),
+                    Err(e) => return Err(e),
+                };
+                let Some(last) = chunk.rows.last() else {
+                    return Ok(true);
+                };
+                after = Some((last.log, last.seq));
+                let full = chunk.rows.len() == SCAN_CHUNK;
+                if tx.send(chunk).await.is_err() || !full {
+                    return Ok(true);
+                }
+            }
+        })
+    };
+    // The signature checker.
+    let (sig_tx, sig_rx) = std::sync::mpsc::channel::<SignatureBatch>();
+    let signer = {
+        let key = key.clone();
+        std::thread::Builder::new()
+            .name("bulkhead-audit-signatures".into())
+            .spawn(move || -> Result<(), VerifyFailure> {
+                // Keep receiving after a failure (the sender never blocks); report the first.
+                let mut first = Ok(());
+                for batch in sig_rx {
+                    if first.is_ok() {
+                        for (log, cp) in &batch {
+                            if let Err(f) = check_signatures(*log, std::slice::from_ref(cp), &key) {
+                                first = Err(f);
+                                break;
+                            }
+                        }
+                    }
+                }
+                first
+            })
+            .map_err(|e| VerifyFailure {
+                log: "*".into(),
+                at: "verifier".into(),
+                what: format!("cannot start a thread: {e}"),
+            })?
+    };
+    // The hashing, on the blocking pool.
+    let hashing = tokio::task::spawn_blocking(move || {
+        let mut logs = 0u64;
+        let mut total = VerifyReport::default();
+        let mut pending: SignatureBatch = Vec::with_capacity(SIGNATURE_BATCH);
+        let mut current: Option<LogCheck> = None;
+        let flush = |c: &mut LogCheck, pending: &mut SignatureBatch, force: bool| {
+            let log = c.log;
+            pending.extend(c.take_signatures().into_iter().map(|cp| (log, cp)));
+            if force || pending.len() >= SIGNATURE_BATCH {
+                let _ = sig_tx.send(std::mem::take(pending));
+            }
+        };
+        // Ends a log: leftover checkpoints, totals.
+        let end = |c: &mut LogCheck,
+                   total: &mut VerifyReport,
+                   pending: &mut SignatureBatch|
+         -> Result<(), VerifyFailure> {
+            let r = c.finish();
+            flush(c, pending, false);
+            r?;
+            total.entries += c.report.entries;
+            total.checkpoints += c.report.checkpoints;
+            total.bytes += c.report.bytes;
+            total.pruned += c.report.pruned;
+            Ok(())
+        };
+        let outcome = (|| -> Result<(), VerifyFailure> {
+            while let Some(chunk) = rx.blocking_recv() {
+                for r in &chunk.rows {
+                    let body = chunk.bodies.get(r.start..r.end).unwrap_or_default();
+                    let same = current.as_ref().is_some_and(|c| c.log == r.log);
+                    if !same {
+                        if let Some(c) = current.as_mut() {
+                            end(c, &mut total, &mut pending)?;
+                        }
+                        // Logs with checkpoints but no stored entry, ordered before this one.
+                        let id = r.log.to_bytes();
+                        let before: Vec<[u8; 16]> = cps.range(..id).map(|(k, _)| *k).collect();
+                        for k in before {
+                            let list = cps.remove(&k).unwrap_or_default();
+                            let mut c = LogCheck::start(LogId::from_bytes(k), None, list)?;
+                            logs += 1;
+                            end(&mut c, &mut total, &mut pending)?;
+                        }
+                        let list = cps.remove(&id).unwrap_or_default();
+                        current = Some(LogCheck::start(r.log, Some(r.seq), list)?);
+                        logs += 1;
+                    }
+                    if let Some(c) = current.as_mut() {
+                        c.push(r.seq, body, &r.leaf)?;
+                    }
+                }
+                progress(total.entries + current.as_ref().map_or(0, |c| c.report.entries));
+            }
+            if let Some(c) = current.as_mut() {
+                end(c, &mut total, &mut pending)?;
+            }
+            for (k, list) in std::mem::take(&mut cps) {
+                let mut c = LogCheck::start(LogId::from_bytes(k), None, list)?;
+                logs += 1;
+                end(&mut c, &mut total, &mut pending)?;
+            }
+            Ok(())
+        })();
+        // What the failing log reached is checked too, before its failure is reported.
+        if let Some(c) = current.as_mut() {
+            flush(c, &mut pending, true);
+        } else {
+            let _ = sig_tx.send(pending);
+        }
+        drop(sig_tx);
+        (outcome, logs, total)
+    });
+    let (outcome, logs, total) = hashing.await.map_err(|e| VerifyFailure {
+        log: "*".into(),
+        at: "verifier".into(),
+        what: format!("the hashing task failed: {e}"),
+    })?;
+    let signatures = signer.join().map_err(|_| VerifyFailure {
+        log: "*".into(),
+        at: "verifier".into(),
+        what: "the signature thread failed".into(),
+    })?;
+    let read = reader.await.map_err(|e| VerifyFailure {
+        log: "*".into(),
+        at: "verifier".into(),
+        what: format!("the reading task failed: {e}"),
+    })?;
+    // A bad signature is at or before any other failure in the order things were reached.
+    signatures?;
+    outcome?;
+    match read.map_err(storage)? {
+        true => Ok(Some((logs, total))),
+        false => Ok(None),
     }
 }
-
 fn check_checkpoint(log: LogId, cp: &CheckpointRow, key: &AuditPublicKey) -> Result<(), String> {
     let signed = to_signed(log, cp).map_err(|e| e.to_string())?;
     key.verify(&signed).map_err(|e| e.to_string())

@@ -1734,6 +1734,16 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
         .unwrap()
         .items;
     assert_eq!(items.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    // Proofs of kept entries, and from the prune point on, are still served and verify; a
+    // pruned entry has none.
+    let log = LogId::Tenant(a.tenant());
+    for seq in [4, 5] {
+        let p = audit.inclusion(&scope, seq, 6).await.unwrap();
+        verify_inclusion_json(&p, &key, Some(log)).unwrap();
+    }
+    assert_not_found!(audit.inclusion(&scope, 1, 6).await);
+    let c = audit.consistency(&scope, 4, 6).await.unwrap();
+    verify_consistency_json(&c, &key, Some(log)).unwrap();
     // Tampering after pruning is still caught.
     env.harness
         .raw_audit_tamper(

@@ -357,6 +357,25 @@ pub struct AuditRow {
     pub leaf: [u8; 32],
 }
 
+/// A chunk of stored audit entries of every log, in `(log, seq)` order, for the offline
+/// verifier: the bodies share one buffer (no allocation per entry).
+#[derive(Debug, Clone, Default)]
+pub struct AuditScanChunk {
+    pub rows: Vec<AuditScanRow>,
+    /// The bodies, back to back; a row's body is `bodies[start..end]`.
+    pub bodies: Vec<u8>,
+}
+
+/// One entry of an [`AuditScanChunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditScanRow {
+    pub log: LogId,
+    pub seq: u64,
+    pub start: usize,
+    pub end: usize,
+    pub leaf: [u8; 32],
+}
+
 /// A signed checkpoint as stored, with the compact range (right edge) of its tree, so the
 /// next checkpoint extends it without the earlier entries (which retention may have pruned).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,4 +439,24 @@ pub trait AuditBackend: Send + Sync + 'static {
     /// Retention: deletes the entries with `seq < below`. The caller guarantees a checkpoint
     /// of size `below` exists. Returns how many were deleted.
     async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError>;
+    /// Operator tooling only (the offline verifier, across every log): at most `limit` stored
+    /// entries after `after` (a log and sequence number; `None`: from the start), in
+    /// `(log, seq)` order, logs ordered by their 16 bytes. `Ok(None)`: not supported by this
+    /// adapter (the verifier then goes log by log).
+    async fn unscoped_audit_scan(
+        &self,
+        _after: Option<(LogId, u64)>,
+        _limit: usize,
+    ) -> Result<Option<AuditScanChunk>, BackendError> {
+        Ok(None)
+    }
+    /// Operator tooling only: at most `limit` stored checkpoints of every log after `after` (a
+    /// log and size), in `(log, size)` order. `Ok(None)`: not supported.
+    async fn unscoped_audit_checkpoints(
+        &self,
+        _after: Option<(LogId, u64)>,
+        _limit: usize,
+    ) -> Result<Option<Vec<(LogId, CheckpointRow)>>, BackendError> {
+        Ok(None)
+    }
 }
