@@ -20,11 +20,11 @@ use bulkhead_core::{
     CollectionName, Role, Roles, Subject, TenantContext, TenantId, TenantName, TenantStatus,
     TierName,
 };
-use serde_json::json;
 use bulkhead_store::port::TenantPatch;
 use bulkhead_store::{Store, StoreConfig};
 use bulkhead_store_postgres::PostgresStore;
 use common::{TestDb, test_url};
+use serde_json::json;
 
 /// An instance's store over `url`: cached tenant state would live 10 minutes if nothing
 /// invalidated it, so only the feed can make a change visible within the test's deadline.
@@ -190,9 +190,7 @@ async fn collection_and_policy_changes_reach_the_other_instance() {
     };
     let (t, other) = (make("cache-a").await, make("cache-b").await);
     let notes = CollectionName::parse("notes").unwrap();
-    let schema = |class: &str| {
-        json!({"type": "object", "properties": {"secret": {"type": "string", "x-classification": class}}})
-    };
+    let schema = |class: &str| json!({"type": "object", "properties": {"secret": {"type": "string", "x-classification": class}}});
     for id in [t.id, other.id] {
         let ctx = context(&a, id).await;
         let h = a.tenant(&ctx).await.unwrap();
