@@ -88,6 +88,9 @@ struct Platform {
     /// Changes whenever the layer does; cached tenant sets built on another are rebuilt.
     generation: u64,
     policies: Vec<Policy>,
+    /// Whether one of `policies` names a record literally (see [`names_record`]); worked out
+    /// once per layer, not on every tenant set built on it.
+    names_records: bool,
     /// `(source name, text)` of each operator file, for display.
     sources: Vec<(String, String)>,
 }
@@ -107,7 +110,7 @@ pub struct TenantPolicies {
     /// Whether a policy names a record by its id (`Bulkhead::Record::"…"`): only then is the
     /// record id part of what a decision depends on.
     names_records: bool,
-    set: PolicySet,
+    set: Arc<PolicySet>,
     loaded_at: Instant,
 }
 
@@ -226,6 +229,7 @@ impl Engine {
             names: Names::new().map_err(EngineError)?,
             platform: RwLock::new(Arc::new(Platform {
                 generation: 0,
+                names_records: any_names_record(&defaults),
                 policies: defaults.clone(),
                 sources: Vec::new(),
             })),
@@ -288,6 +292,7 @@ impl Engine {
         let generation = guard.generation.wrapping_add(1);
         *guard = Arc::new(Platform {
             generation,
+            names_records: any_names_record(&policies),
             policies,
             sources: files,
         });
@@ -350,45 +355,50 @@ impl Engine {
         read_at: Instant,
     ) -> Result<Arc<TenantPolicies>, Vec<Problem>> {
         let platform = self.platform.read().clone();
+        let version = stored.map(|(v, _)| v);
+        let text = stored.map(|(_, t)| t.to_owned());
+        // A reload of the same content (the TTL ran out, nothing changed) reuses the built set
+        // and its id, and with it the decisions remembered for it: nothing is parsed again.
+        if let Some(old) = self.cache.get(&tenant).filter(|old| {
+            old.platform_generation == platform.generation
+                && old.version == version
+                && old.text == text
+        }) {
+            let built = Arc::new(TenantPolicies {
+                tenant,
+                id: old.id,
+                platform_generation: old.platform_generation,
+                version,
+                text,
+                names_records: old.names_records,
+                set: Arc::clone(&old.set),
+                loaded_at: read_at,
+            });
+            self.cache.insert(tenant, built.clone());
+            return Ok(built);
+        }
         let mut set = PolicySet::new();
         for p in &platform.policies {
             // Ids are unique by construction (`default/`, `platform/`, `tenant/` prefixes).
             set.add(p.clone())
                 .map_err(|e| vec![internal(e.to_string())])?;
         }
-        let version = match stored {
-            Some((v, text)) => {
-                for p in self.check_tenant(text, v)? {
-                    set.add(p).map_err(|e| vec![internal(e.to_string())])?;
-                }
-                Some(v)
+        let mut names_records = platform.names_records;
+        if let Some((v, text)) = stored {
+            let tenant_policies = self.check_tenant(text, v)?;
+            names_records = names_records || any_names_record(&tenant_policies);
+            for p in tenant_policies {
+                set.add(p).map_err(|e| vec![internal(e.to_string())])?;
             }
-            None => None,
-        };
-        let text = stored.map(|(_, t)| t.to_owned());
-        // A reload of the same content (the TTL ran out, nothing changed) keeps the set's id,
-        // and with it the decisions remembered for it.
-        let id = self
-            .cache
-            .get(&tenant)
-            .filter(|old| {
-                old.platform_generation == platform.generation
-                    && old.version == version
-                    && old.text == text
-            })
-            .map_or_else(
-                || self.next_set.fetch_add(1, Ordering::Relaxed),
-                |old| old.id,
-            );
-        let names_records = set.policies().any(|p| names_record(&p.to_json().ok()));
+        }
         let built = Arc::new(TenantPolicies {
             tenant,
-            id,
+            id: self.next_set.fetch_add(1, Ordering::Relaxed),
             platform_generation: platform.generation,
             version,
             text,
             names_records,
-            set,
+            set: Arc::new(set),
             loaded_at: read_at,
         });
         self.cache.insert(tenant, built.clone());
@@ -649,7 +659,7 @@ impl Engine {
                 version: None,
                 text: None,
                 names_records: true,
-                set,
+                set: Arc::new(set),
                 loaded_at: Instant::now(),
             };
             for action in Action::ALL.into_iter().filter(|a| a.is_write()) {
@@ -779,6 +789,11 @@ fn decision_key(
         }
     }
     k
+}
+
+/// Whether one of `policies` names a record literally.
+fn any_names_record(policies: &[Policy]) -> bool {
+    policies.iter().any(|p| names_record(&p.to_json().ok()))
 }
 
 /// Whether a policy (as Cedar's JSON form) holds a literal record uid (`{"type":
