@@ -318,10 +318,7 @@ impl Engine {
 
     /// The tenant's cached set, if built on the platform layer in force and fresh.
     pub fn cached(&self, tenant: TenantId) -> Option<Arc<TenantPolicies>> {
-        let generation = self.platform.read().generation;
-        self.cache
-            .get(&tenant)
-            .filter(|t| t.platform_generation == generation && t.loaded_at.elapsed() < self.cfg.ttl)
+        self.cached_if(tenant, |loaded_at| loaded_at.elapsed() < self.cfg.ttl)
     }
 
     /// The tenant's cached set, if built on the platform layer in force and `fresh` says the

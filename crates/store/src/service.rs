@@ -567,9 +567,16 @@ impl Store {
     /// How long cached tenant state is trusted: long while the change feed invalidates changed
     /// tenants, short otherwise.
     fn tenant_ttl(&self) -> Duration {
-        match &self.feed {
-            Some(f) if f.live() => self.cfg.feed_cache_ttl.max(self.cfg.cache_ttl),
-            _ => self.cfg.cache_ttl,
+        self.ttl_given(self.cfg.cache_ttl)
+    }
+
+    /// How long something cached is trusted: `feed_cache_ttl` (at least `short_ttl`) while the
+    /// change feed works, else `short_ttl`.
+    fn ttl_given(&self, short_ttl: Duration) -> Duration {
+        if self.change_feed_live() {
+            self.cfg.feed_cache_ttl.max(short_ttl)
+        } else {
+            short_ttl
         }
     }
 
@@ -579,13 +586,9 @@ impl Store {
     /// policy changes are on the feed too), for at most `feed_cache_ttl`; otherwise for
     /// `short_ttl`.
     pub fn cache_fresh(&self, tenant: TenantId, loaded_at: Instant, short_ttl: Duration) -> bool {
-        match &self.feed {
-            Some(f) if f.live() => {
-                loaded_at.elapsed() < self.cfg.feed_cache_ttl.max(short_ttl)
-                    && self.changed.get(&tenant).is_none_or(|at| at < loaded_at)
-            }
-            _ => loaded_at.elapsed() < short_ttl,
-        }
+        loaded_at.elapsed() < self.ttl_given(short_ttl)
+            && (!self.change_feed_live()
+                || self.changed.get(&tenant).is_none_or(|at| at < loaded_at))
     }
 
     /// Whether the registry change feed is running and recently succeeded.
