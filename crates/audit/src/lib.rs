@@ -6,6 +6,8 @@
 //! - [`merkle`]: RFC 6962 (Certificate Transparency) hashing — leaf `SHA-256(0x00 || entry)`,
 //!   node `SHA-256(0x01 || left || right)` — with inclusion and consistency proofs, and a
 //!   compact range that extends a tree's root in O(log n) memory.
+//! - [`block`]: consecutive entries of one log with their leaf hashes in one byte string (how
+//!   the embedded storage keeps logs, and how the offline verifier reads them).
 //! - [`checkpoint`]: the signed statement "log L had size N and root R at time T", signed with
 //!   the server's Ed25519 audit key, and the JSON forms of checkpoints and proofs that a
 //!   verifier checks with nothing but the server's public key.
@@ -14,6 +16,7 @@
 //! operator plane), so an entry, a proof or a checkpoint of one tenant's log never verifies as
 //! another's.
 
+pub mod block;
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;

@@ -15,6 +15,7 @@ use bulkhead_audit::{AuditKey, AuditPublicKey, LogId, SignedCheckpoint};
 use bulkhead_core::TenantId;
 use bulkhead_core::crypto::MasterKey;
 use bulkhead_store::audit::{VerifyFailure, VerifyReport, verify_all, verify_log};
+use bulkhead_store::{RecordBackend, Registry};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -136,13 +137,24 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     if let Some(u) = &a.database_url {
         cfg.storage.url = Some(u.clone());
     }
-    // Verification only reads; no migrations from here.
+    // Verification only reads: no migrations, and on the embedded storage no journal recovery
+    // or placement either (a server may be running on the same files).
     cfg.storage.migrate_on_start = false;
     if cfg.storage.url.is_none() && !bulkhead_store_sqlite::database_path(&cfg.data_dir).exists() {
         bail!("no database in `{}`", cfg.data_dir.display());
     }
     let key = public_key(&cfg, a.public_key.as_deref())?;
-    let (registry, backend) = crate::serve::open_storage(&cfg).await?;
+    let (registry, backend): (Arc<dyn Registry>, Arc<dyn RecordBackend>) =
+        if cfg.storage.url.is_none() {
+            let s = bulkhead_store_sqlite::SqliteStore::open_read_only(
+                &cfg.data_dir,
+                cfg.storage.sqlite_readers,
+            )
+            .with_context(|| format!("cannot read the database in `{}`", cfg.data_dir.display()))?;
+            (Arc::new(s.clone()), Arc::new(s))
+        } else {
+            crate::serve::open_storage(&cfg).await?
+        };
     let started = Instant::now();
     let bar = if a.json {
         ProgressBar::hidden()

@@ -54,12 +54,15 @@ pub struct AuditSettings {
     /// Record audit entries. Turning it off is for side-by-side benchmarks only: nothing is
     /// recorded then, and the logs have gaps in time that nobody can see.
     pub enabled: bool,
-    /// Seconds between checkpoints: logs that grew are sequenced and a checkpoint is signed.
-    /// Proofs cover entries up to the latest checkpoint.
+    /// Seconds between checkpoint rounds: appended entries are placed in their logs
+    /// (sequenced) and a checkpoint of each log that grew is signed. Proofs cover entries up to
+    /// the latest checkpoint. Placing many entries at a time is what keeps auditing cheap, so
+    /// shorter rounds cost throughput.
     pub checkpoint_interval_seconds: u64,
     /// A log that grew is checkpointed once its oldest entry not yet covered is this many
-    /// seconds old (0: at the next round). Bounds how long an entry is unprovable (plus one
-    /// round), and how many signatures a busy log costs: one per this many seconds.
+    /// seconds old (0, the default: at the next round). Bounds how long an entry is unprovable
+    /// (plus one round), and how many signatures a busy log costs: one per this many seconds
+    /// (and at most one per round).
     pub checkpoint_log_seconds: u64,
     /// Every this many checkpoint rounds, every tenant's log is looked at (catches entries
     /// appended by other instances); in between, only logs this instance appended to.
@@ -67,13 +70,14 @@ pub struct AuditSettings {
     /// Days audit entries are kept, per tier; a tier not listed keeps them forever. Expired
     /// entries are pruned below a checkpoint, which keeps the tree verifiable.
     pub retention_days: std::collections::BTreeMap<String, u64>,
-    /// Embedded storage only: when the audit entry of a read is fsync'd. `window` (default): the
-    /// read is answered once its entry is committed to the write-ahead log (durable against a
-    /// killed process), and fsync'd within `read_sync_ms` or by the next data change, whichever
-    /// comes first. `strict`: fsync'd before the read is answered, like a write. (PostgreSQL
-    /// commits a read's entry with the read's own transaction either way.)
+    /// Embedded storage only: when an entry that commits with no data change (a read's, a
+    /// denial's, an operator action's) is fsync'd. `window` (default): the request is answered
+    /// once its entry is written to the audit journal (durable against a killed process), and
+    /// the journal is fsync'd within `read_sync_ms`. `strict`: fsync'd before the request is
+    /// answered, like a write. (A data change's entry always commits, fsync'd, with the change;
+    /// PostgreSQL commits a read's entry with the read's own transaction either way.)
     pub read_sync: ReadSync,
-    /// With `read_sync = "window"`: the longest an acknowledged read's entry stays un-fsync'd.
+    /// With `read_sync = "window"`: the longest an acknowledged entry stays un-fsync'd.
     pub read_sync_ms: u64,
 }
 
@@ -101,9 +105,9 @@ impl Default for AuditSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            checkpoint_interval_seconds: 1,
-            checkpoint_log_seconds: 5,
-            sweep_every: 60,
+            checkpoint_interval_seconds: 5,
+            checkpoint_log_seconds: 0,
+            sweep_every: 12,
             retention_days: std::collections::BTreeMap::new(),
             read_sync: ReadSync::Window,
             read_sync_ms: 100,

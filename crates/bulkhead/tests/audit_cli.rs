@@ -130,13 +130,53 @@ async fn proofs_verify_offline(http: &Http, tenant: &str, token: &str, dir: &Pat
 async fn sqlite_verify_and_tamper() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Server::start(&data, &[("BULKHEAD_ADMIN_TOKEN", ADMIN)]);
+    let server = Server::start(
+        &data,
+        &[
+            ("BULKHEAD_ADMIN_TOKEN", ADMIN),
+            ("BULKHEAD_AUDIT__CHECKPOINT_INTERVAL_SECONDS", "1"),
+        ],
+    );
     let http = Http::new(&server.addr);
     let (tenant, token) = activity(&http).await;
     proofs_verify_offline(&http, &tenant, &token, dir.path()).await;
+    let d = data.to_string_lossy().into_owned();
+    // With the server running (and placing and signing every second): what it has placed
+    // verifies, and the verifier leaves the server's files alone.
+    for i in 0..3 {
+        assert_eq!(
+            http.get("/v1/collections/notes/records", &token)
+                .await
+                .status,
+            200
+        );
+        let live = run(&["audit", "verify", "--all", "--data-dir", &d], &[]);
+        assert!(live.status.success(), "run {i}: {}", text(&live));
+    }
     let (status, _) = server.stop();
     assert!(status.success());
-    let d = data.to_string_lossy().into_owned();
+
+    // A torn record at the journal's end (a write a crash cut short): the verifier, which
+    // opens the storage read-only, leaves it; opening the storage to serve drops it.
+    let journal = std::fs::read_dir(data.join("audit-journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let len = std::fs::metadata(&journal).unwrap().len();
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&journal)
+            .unwrap();
+        f.write_all(&[0, 0, 0, 40, 1, 2]).unwrap();
+    }
+    let ro = run(&["audit", "verify", "--all", "--data-dir", &d], &[]);
+    assert!(ro.status.success(), "{}", text(&ro));
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), len + 6);
+    drop(bulkhead_store_sqlite::SqliteStore::open(&data, 1).unwrap());
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), len);
 
     let ok = run(
         &[
@@ -162,22 +202,29 @@ async fn sqlite_verify_and_tamper() {
     assert!(one.status.success(), "{}", text(&one));
 
     // Someone with the file changes entry 2 of the tenant's log.
-    let db = rusqlite::Connection::open(bulkhead_store_sqlite::database_path(&data)).unwrap();
-    db.execute_batch("DROP TRIGGER audit_entries_append_only")
-        .unwrap();
+    let db = rusqlite::Connection::open(bulkhead_store_sqlite::audit_database_path(&data)).unwrap();
     let id = bulkhead_core::TenantId::parse(&tenant).unwrap();
-    let mut body: Vec<u8> = db
+    // Entry 2's body, in the block that holds it (format: crates/store-sqlite/src/audit.rs).
+    let (rowid, first, mut bytes): (i64, i64, Vec<u8>) = db
         .query_row(
-            "SELECT body FROM audit_entries WHERE log = ?1 AND seq = 2",
+            "SELECT id, first, entries FROM audit_blocks WHERE log = ?1 AND first <= 2
+             AND first + count > 2",
             [id.as_bytes().as_slice()],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    body[3] ^= 0x10;
+    let mut at = 0;
+    for _ in first..2 {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 4 + len + 32;
+    }
+    bytes[at + 4 + 3] ^= 0x10;
+    db.execute_batch("DROP TRIGGER audit_blocks_append_only")
+        .unwrap();
     let n = db
         .execute(
-            "UPDATE audit_entries SET body = ?2 WHERE log = ?1 AND seq = 2",
-            rusqlite::params![id.as_bytes().as_slice(), body],
+            "UPDATE audit_blocks SET entries = ?2 WHERE id = ?1",
+            rusqlite::params![rowid, bytes],
         )
         .unwrap();
     assert_eq!(n, 1);
@@ -203,6 +250,7 @@ async fn postgres_verify_and_tamper() {
         ("BULKHEAD_DATABASE_URL", db.url()),
         ("BULKHEAD_MASTER_KEY", master.as_str()),
         ("BULKHEAD_ADMIN_TOKEN", ADMIN),
+        ("BULKHEAD_AUDIT__CHECKPOINT_INTERVAL_SECONDS", "1"),
     ];
     let server = Server::start(dir.path(), &env);
     let http = Http::new(&server.addr);

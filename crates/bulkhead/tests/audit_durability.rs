@@ -1,10 +1,14 @@
-//! The audit entry of an acknowledged read survives a killed server (embedded storage).
+//! The audit entry of an acknowledged read or write survives a killed server (embedded
+//! storage), though it was not placed in its log yet.
 //!
 //! With `audit.read_sync = "window"` (the default), a read is answered once its entry is
-//! committed to SQLite's write-ahead log, before that log is fsync'd. The fault model is a
-//! killed process: `kill -9` right after the reads were answered, restart on the same data
-//! directory, and every acknowledged read has its entry. The fsync window is set long here
-//! (10 s), so nothing but the commit itself can have saved the entries.
+//! written to the audit journal, before the journal is fsync'd; a write's entry commits with
+//! the write (in `audit_pending`). Both are placed in their logs later. The fault model is a
+//! killed process: `kill -9` right after the requests were answered, restart on the same data
+//! directory, and every acknowledged request has its entry. The fsync window and the checkpoint
+//! rounds are set long here (10 s, 1 h), so nothing but the append itself (the journal, or
+//! `audit_pending`) is sure to have saved the entries: a placement round (every few seconds)
+//! may or may not have run before the kill.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -48,6 +52,7 @@ async fn reads_survive_kill(read_sync: &str) {
         ("BULKHEAD_ADMIN_TOKEN", ADMIN),
         ("BULKHEAD_AUDIT__READ_SYNC", read_sync),
         ("BULKHEAD_AUDIT__READ_SYNC_MS", "10000"),
+        ("BULKHEAD_AUDIT__CHECKPOINT_INTERVAL_SECONDS", "3600"),
     ];
     let server = Server::start(dir.path(), &env);
     let http = Http::new(&server.addr);
@@ -78,6 +83,22 @@ async fn reads_survive_kill(read_sync: &str) {
             acknowledged.insert(rid);
         }
     }
+    // Acknowledged writes, each with its own request id.
+    let mut written = BTreeSet::new();
+    for i in 0..20 {
+        let rid = format!("write-{read_sync}-{i}");
+        let r = http
+            .call(
+                "POST",
+                "/v1/collections/notes/records",
+                &token,
+                Some(serde_json::json!({"data": {"title": format!("w{i}")}})),
+                &[("x-request-id", &rid)],
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        written.insert(rid);
+    }
     server.signal("-KILL");
     let (status, _) = server.wait();
     assert!(!status.success(), "the server was killed");
@@ -95,6 +116,9 @@ async fn reads_survive_kill(read_sync: &str) {
     // The positive twin of the check: reads that were never made have no entry.
     assert!(!recorded.contains("read-never-made"));
     assert_eq!(recorded.len(), acknowledged.len(), "{recorded:?}");
+    let created = request_ids(&http, &token, "record.create").await;
+    let missing: Vec<&String> = written.difference(&created).collect();
+    assert!(missing.is_empty(), "writes lost their entry: {missing:?}");
     server.stop();
 }
 

@@ -761,8 +761,14 @@ impl AuditBackend for PostgresStore {
         audit::append(&self.conn().await?, log.log(), bodies).await
     }
 
-    async fn audit_sequence(&self, log: &AuditScope) -> Result<u64, BackendError> {
-        audit::sequence(&self.conn().await?, log.log()).await
+    async fn audit_sequence(&self, logs: &[AuditScope]) -> Result<Vec<u64>, BackendError> {
+        // One log at a time: each is placed under its own tenant setting and advisory lock.
+        let conn = self.conn().await?;
+        let mut sizes = Vec::with_capacity(logs.len());
+        for log in logs {
+            sizes.push(audit::sequence(&conn, log.log()).await?);
+        }
+        Ok(sizes)
     }
 
     async fn audit_entries(
@@ -783,12 +789,15 @@ impl AuditBackend for PostgresStore {
         audit::leaves(&self.conn().await?, log.log(), from, to).await
     }
 
-    async fn audit_put_checkpoint(
+    async fn audit_put_checkpoints(
         &self,
-        log: &AuditScope,
-        row: &CheckpointRow,
+        rows: &[(AuditScope, CheckpointRow)],
     ) -> Result<(), BackendError> {
-        audit::put_checkpoint(&self.conn().await?, log.log(), row).await
+        let conn = self.conn().await?;
+        for (log, row) in rows {
+            audit::put_checkpoint(&conn, log.log(), row).await?;
+        }
+        Ok(())
     }
 
     async fn audit_checkpoint(

@@ -27,6 +27,14 @@ impl Sqlite {
         c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         c
     }
+
+    /// The audit logs' database.
+    fn raw_audit(&self) -> Connection {
+        let c =
+            Connection::open(bulkhead_store_sqlite::audit_database_path(self._dir.path())).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        c
+    }
 }
 
 #[async_trait]
@@ -79,63 +87,49 @@ impl Harness for Sqlite {
     }
 
     async fn raw_dump(&self) -> Vec<u8> {
-        // The database file and its write-ahead log: everything SQLite keeps on disk.
-        let mut bytes = std::fs::read(self.store.path()).unwrap();
-        let wal = self.store.path().with_extension("db-wal");
-        if let Ok(w) = std::fs::read(wal) {
-            bytes.extend(w);
+        // Every file of the data directory (both databases, their write-ahead logs, the audit
+        // journal): everything the store keeps on disk.
+        fn walk(dir: &std::path::Path, out: &mut Vec<u8>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if let Ok(b) = std::fs::read(&p) {
+                    out.extend(b);
+                }
+            }
         }
+        let mut bytes = Vec::new();
+        walk(self._dir.path(), &mut bytes);
         bytes
     }
 
     async fn raw_audit_tamper(&self, log: LogId, tamper: AuditTamper) {
-        let c = self.raw();
+        let c = self.raw_audit();
         // Someone with the file can drop the append-only guards first.
         c.execute_batch(
-            "DROP TRIGGER IF EXISTS audit_entries_append_only;
+            "DROP TRIGGER IF EXISTS audit_blocks_append_only;
              DROP TRIGGER IF EXISTS audit_checkpoints_append_only;",
         )
         .unwrap();
         let id = log.to_bytes();
-        let set = |seq: u64, body: &[u8], leaf: &[u8]| {
-            let n = c
-                .execute(
-                    "UPDATE audit_entries SET body = ?3, leaf = ?4 WHERE log = ?1 AND seq = ?2",
-                    params![id.as_slice(), seq as i64, body, leaf],
-                )
-                .unwrap();
-            assert_eq!(n, 1);
-        };
+        // The log's stored entries, edited as a list, then stored back as one block starting
+        // where the log's entries started (an entry's position is its place in its block).
+        let (first, mut entries) = read_log(&c, &id);
         match tamper {
-            AuditTamper::FlipBodyByte { seq } => {
-                let (mut body, leaf) = self.audit_row(&c, &id, seq);
-                body[0] ^= 1;
-                set(seq, &body, &leaf);
-            }
+            AuditTamper::FlipBodyByte { seq } => entries[(seq - first) as usize].0[0] ^= 1,
             AuditTamper::Delete { seq } => {
-                let n = c
-                    .execute(
-                        "DELETE FROM audit_entries WHERE log = ?1 AND seq = ?2",
-                        params![id.as_slice(), seq as i64],
-                    )
-                    .unwrap();
-                assert_eq!(n, 1);
+                entries.remove((seq - first) as usize);
             }
-            AuditTamper::Swap { a, b } => {
-                let (ba, la) = self.audit_row(&c, &id, a);
-                let (bb, lb) = self.audit_row(&c, &id, b);
-                set(a, &bb, &lb);
-                set(b, &ba, &la);
-            }
-            AuditTamper::TruncateFrom { seq } => {
-                let n = c
-                    .execute(
-                        "DELETE FROM audit_entries WHERE log = ?1 AND seq >= ?2",
-                        params![id.as_slice(), seq as i64],
-                    )
-                    .unwrap();
-                assert!(n > 0);
-            }
+            AuditTamper::Swap { a, b } => entries.swap((a - first) as usize, (b - first) as usize),
+            AuditTamper::TruncateFrom { seq } => entries.truncate((seq - first) as usize),
+            AuditTamper::FlipSignature { .. } => {}
+        }
+        if !matches!(tamper, AuditTamper::FlipSignature { .. }) {
+            write_log(&c, &id, first, &entries);
+        }
+        #[allow(clippy::single_match, reason = "the entry edits are above")]
+        match tamper {
             AuditTamper::FlipSignature { size } => {
                 let mut sig: Vec<u8> = c
                     .query_row(
@@ -153,19 +147,54 @@ impl Harness for Sqlite {
                     .unwrap();
                 assert_eq!(n, 1);
             }
+            _ => {}
         }
     }
 }
 
-impl Sqlite {
-    fn audit_row(&self, c: &Connection, log: &[u8], seq: u64) -> (Vec<u8>, Vec<u8>) {
-        c.query_row(
-            "SELECT body, leaf FROM audit_entries WHERE log = ?1 AND seq = ?2",
-            params![log, seq as i64],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap()
+/// Each stored entry's body and leaf hash.
+pub type StoredEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A log's entries as stored in `audit.db`'s blocks: its first position, and each entry's
+/// body and leaf hash (the block format of `crates/store-sqlite/src/audit.rs`).
+pub fn read_log(c: &Connection, log: &[u8]) -> (u64, StoredEntries) {
+    let mut st = c
+        .prepare("SELECT first, entries FROM audit_blocks WHERE log = ?1 ORDER BY first")
+        .unwrap();
+    let mut rows = st.query([log]).unwrap();
+    let mut first = None;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().unwrap() {
+        first.get_or_insert(r.get::<_, i64>(0).unwrap() as u64);
+        let bytes: Vec<u8> = r.get(1).unwrap();
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            out.push((
+                rest[4..4 + len].to_vec(),
+                rest[4 + len..4 + len + 32].to_vec(),
+            ));
+            rest = &rest[4 + len + 32..];
+        }
     }
+    (first.unwrap(), out)
+}
+
+/// Replaces a log's blocks with one block of `entries` from position `first`.
+pub fn write_log(c: &Connection, log: &[u8], first: u64, entries: &[(Vec<u8>, Vec<u8>)]) {
+    let mut bytes = Vec::new();
+    for (body, leaf) in entries {
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(leaf);
+    }
+    c.execute("DELETE FROM audit_blocks WHERE log = ?1", [log])
+        .unwrap();
+    c.execute(
+        "INSERT INTO audit_blocks (log, first, count, entries) VALUES (?1, ?2, ?3, ?4)",
+        params![log, first as i64, entries.len() as i64, bytes],
+    )
+    .unwrap();
 }
 
 bulkhead_store::contract_suite!(Sqlite);

@@ -21,10 +21,12 @@ use bulkhead_core::{TenantContext, Timestamp};
 use serde::Serialize;
 
 use crate::StoreError;
-use crate::port::{AuditScope, CheckpointRow, RecordBackend};
+use crate::port::{AuditScanChunk, AuditScope, CheckpointRow, RecordBackend};
 
 /// Entries read per storage round trip by the checkpointer and the verifier.
 const CHUNK: usize = 4096;
+/// Most logs the checkpointer places and checkpoints together.
+const CHECKPOINT_BATCH: usize = 1024;
 /// Most entries a listing looks at per request (so a filter that matches little stays cheap).
 const MAX_SCAN: usize = 8192;
 
@@ -264,7 +266,14 @@ impl Audit {
     /// Places the log's pending entries (gives them sequence numbers) without signing;
     /// returns the log's size.
     pub async fn place(&self, scope: &AuditScope) -> Result<u64, StoreError> {
-        Ok(self.backend.audit_sequence(scope).await?)
+        let sizes = self
+            .backend
+            .audit_sequence(std::slice::from_ref(scope))
+            .await?;
+        sizes
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Internal(format!("no size for audit log {}", scope.log())))
     }
 
     /// Places the log's pending entries and, if it grew (or has no checkpoint yet), signs and
@@ -274,8 +283,22 @@ impl Audit {
         &self,
         scope: &AuditScope,
     ) -> Result<Option<SignedCheckpoint>, StoreError> {
+        let size = self.place(scope).await?;
+        let Some((signed, row)) = self.sign_checkpoint(scope, size).await? else {
+            return Ok(None);
+        };
+        self.backend.audit_put_checkpoints(&[(*scope, row)]).await?;
+        Ok(Some(signed))
+    }
+
+    /// Signs a checkpoint of the log's first `size` entries (placed), unless its latest
+    /// checkpoint already has that size; returns it with the row to store.
+    async fn sign_checkpoint(
+        &self,
+        scope: &AuditScope,
+        size: u64,
+    ) -> Result<Option<(SignedCheckpoint, CheckpointRow)>, StoreError> {
         let log = scope.log();
-        let size = self.backend.audit_sequence(scope).await?;
         let last = self.backend.audit_checkpoint(scope, None).await?;
         let mut range = match &last {
             Some(cp) if cp.size == size => return Ok(None),
@@ -331,20 +354,15 @@ impl Audit {
             root: range.root(),
             time_us: micros(Timestamp::now_utc()),
         });
-        self.backend
-            .audit_put_checkpoint(
-                scope,
-                &CheckpointRow {
-                    size,
-                    root: signed.checkpoint.root,
-                    time_us: signed.checkpoint.time_us,
-                    key_id: signed.key_id.clone(),
-                    signature: signed.signature.to_vec(),
-                    frontier: range.to_bytes(),
-                },
-            )
-            .await?;
-        Ok(Some(signed))
+        let row = CheckpointRow {
+            size,
+            root: signed.checkpoint.root,
+            time_us: signed.checkpoint.time_us,
+            key_id: signed.key_id.clone(),
+            signature: signed.signature.to_vec(),
+            frontier: range.to_bytes(),
+        };
+        Ok(Some((signed, row)))
     }
 
     /// Checkpoints the logs this instance appended to since the last call. Returns how many
@@ -376,16 +394,40 @@ impl Audit {
     }
 
     /// Checkpoints the given logs (a sweep over every tenant catches entries appended by other
-    /// instances and by ones that stopped before checkpointing).
+    /// instances and by ones that stopped before checkpointing), [`CHECKPOINT_BATCH`] at a
+    /// time: one placement and one durable write of checkpoints per batch. Returns how many
+    /// checkpoints were signed; a log that fails is marked to be retried.
     pub async fn checkpoint_logs(&self, logs: Vec<LogId>) -> usize {
         let mut signed = 0;
-        for log in logs {
-            match self.checkpoint(&AuditScope::new(log)).await {
-                Ok(Some(_)) => signed += 1,
-                Ok(None) => {}
+        for batch in logs.chunks(CHECKPOINT_BATCH) {
+            let scopes: Vec<AuditScope> = batch.iter().map(|l| AuditScope::new(*l)).collect();
+            let sizes = match self.backend.audit_sequence(&scopes).await {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(log = %log, error = %e, "audit: cannot checkpoint");
-                    self.mark(log);
+                    tracing::error!(logs = batch.len(), error = %e, "audit: cannot place entries");
+                    batch.iter().for_each(|l| self.mark(*l));
+                    continue;
+                }
+            };
+            let mut rows = Vec::with_capacity(scopes.len());
+            for (scope, size) in scopes.iter().zip(sizes) {
+                match self.sign_checkpoint(scope, size).await {
+                    Ok(Some((_, row))) => rows.push((*scope, row)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(log = %scope.log(), error = %e, "audit: cannot checkpoint");
+                        self.mark(scope.log());
+                    }
+                }
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            match self.backend.audit_put_checkpoints(&rows).await {
+                Ok(()) => signed += rows.len(),
+                Err(e) => {
+                    tracing::error!(logs = rows.len(), error = %e, "audit: cannot store checkpoints");
+                    rows.iter().for_each(|(s, _)| self.mark(s.log()));
                 }
             }
         }
@@ -739,22 +781,35 @@ impl LogCheck {
     /// The next stored entry (hashes its bytes; checks position and stored leaf; checks every
     /// checkpoint the tree reaches).
     fn push(&mut self, seq: u64, body: &[u8], stored_leaf: &[u8; 32]) -> Result<(), VerifyFailure> {
+        // The hash is what proves the bytes; their format is the server's own business (the
+        // listing reports unreadable entries).
+        let leaf = entry_leaf(self.log, seq, body);
+        self.push_leaf(seq, &leaf, body.len(), stored_leaf)
+    }
+
+    /// [`LogCheck::push`] with the leaf hash of the entry's bytes (`len` of them) already
+    /// computed (by [`verify_all`], on several threads).
+    fn push_leaf(
+        &mut self,
+        seq: u64,
+        leaf: &[u8; 32],
+        len: usize,
+        stored_leaf: &[u8; 32],
+    ) -> Result<(), VerifyFailure> {
         if seq != self.range.size() {
             return Err(self.fail(
                 format!("entry {}", self.range.size()),
                 format!("missing: the next stored entry is {seq}"),
             ));
         }
-        // The hash is what proves the bytes; their format is the server's own business (the
-        // listing reports unreadable entries).
-        let leaf = entry_leaf(self.log, seq, body);
-        if &leaf != stored_leaf {
+        if leaf != stored_leaf {
             return Err(self.fail(
                 format!("entry {seq}"),
                 "its bytes do not match its stored leaf hash",
             ));
         }
-        self.report.bytes += (bulkhead_audit::entry::HEADER_LEN + body.len() + 1) as u64;
+        let leaf = *leaf;
+        self.report.bytes += (bulkhead_audit::entry::HEADER_LEN + len + 1) as u64;
         self.range.push(leaf);
         self.report.entries += 1;
         while self
@@ -894,31 +949,187 @@ pub async fn verify_log(
 }
 
 /// Entries (and checkpoints) read per storage round trip by [`verify_all`].
-const SCAN_CHUNK: usize = 16_384;
+const SCAN_CHUNK: usize = 2_048;
 /// Checkpoints whose signatures are checked together, on their own thread.
 const SIGNATURE_BATCH: usize = 512;
 
 /// Signatures to check, in `(log, size)` order.
 type SignatureBatch = Vec<(LogId, CheckpointRow)>;
 
-/// Verifies every log in the storage in one pass (what `bulkhead audit verify --all` does):
-/// the entries of all logs are streamed in `(log, seq)` order, a few storage round trips in
-/// all, read ahead of the hashing on their own task; checkpoint signatures are checked in
-/// batches on their own thread. `Ok(None)`: the adapter cannot scan every log (verify log by
-/// log with [`verify_log`]). The report counts logs too; the first failure in `(log,
-/// position)` order is reported.
+/// A failure, with the log it is in (failures are reported in log order).
+type Located = ([u8; 16], VerifyFailure);
+
+/// One worker's share of [`verify_all`]: a range of logs, verified in order. It hashes the
+/// entries and builds the trees; checkpoint signatures go to the signature thread.
+struct Share {
+    /// Checkpoints of the share's logs not started yet.
+    checkpoints: BTreeMap<[u8; 16], Vec<CheckpointRow>>,
+    current: Option<LogCheck>,
+    logs: u64,
+    total: VerifyReport,
+    failure: Option<Located>,
+    pending: SignatureBatch,
+    signatures: std::sync::mpsc::Sender<SignatureBatch>,
+}
+
+impl Share {
+    fn flush(&mut self, force: bool) {
+        if let Some(c) = self.current.as_mut() {
+            let log = c.log;
+            self.pending
+                .extend(c.take_signatures().into_iter().map(|cp| (log, cp)));
+        }
+        if force || self.pending.len() >= SIGNATURE_BATCH {
+            let _ = self.signatures.send(std::mem::take(&mut self.pending));
+        }
+    }
+
+    /// Ends the current log: leftover checkpoints, totals.
+    fn end(&mut self) -> Result<(), VerifyFailure> {
+        let Some(c) = self.current.as_ref() else {
+            return Ok(());
+        };
+        let r = c.finish();
+        self.flush(false);
+        r?;
+        if let Some(c) = self.current.take() {
+            self.total.entries += c.report.entries;
+            self.total.checkpoints += c.report.checkpoints;
+            self.total.bytes += c.report.bytes;
+            self.total.pruned += c.report.pruned;
+        }
+        Ok(())
+    }
+
+    /// Starts `log` (first stored entry `first`; `None`: none stored), after the logs before
+    /// it that have checkpoints but no stored entry.
+    fn start(&mut self, log: LogId, first: Option<u64>) -> Result<(), VerifyFailure> {
+        self.end()?;
+        let id = log.to_bytes();
+        let before: Vec<[u8; 16]> = self.checkpoints.range(..id).map(|(k, _)| *k).collect();
+        for k in before {
+            let list = self.checkpoints.remove(&k).unwrap_or_default();
+            self.current = Some(LogCheck::start(LogId::from_bytes(k), None, list)?);
+            self.logs += 1;
+            self.end()?;
+        }
+        let list = self.checkpoints.remove(&id).unwrap_or_default();
+        self.current = Some(LogCheck::start(log, first, list)?);
+        self.logs += 1;
+        Ok(())
+    }
+
+    /// Verifies the entries of a chunk (blocks in `(log, seq)` order).
+    fn blocks(&mut self, chunk: &AuditScanChunk) -> Result<(), VerifyFailure> {
+        for b in &chunk.blocks {
+            if self.current.as_ref().is_none_or(|c| c.log != b.log) {
+                self.start(b.log, Some(b.first))?;
+            }
+            let Some(c) = self.current.as_mut() else {
+                continue;
+            };
+            let bytes = chunk.bytes.get(b.start..b.end).unwrap_or_default();
+            let mut seq = b.first;
+            for e in bulkhead_audit::block::entries(bytes) {
+                let (_, body, stored) = e.map_err(|e| {
+                    c.fail(
+                        format!("entry {seq}"),
+                        format!("its stored block is damaged: {e}"),
+                    )
+                })?;
+                let leaf = entry_leaf(c.log, seq, body);
+                c.push_leaf(seq, &leaf, body.len(), &stored)?;
+                seq += 1;
+            }
+            if seq - b.first != b.count {
+                return Err(c.fail(
+                    format!("entry {seq}"),
+                    format!(
+                        "its block says {} entries but holds {}",
+                        b.count,
+                        seq - b.first
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the share: the last log, and logs with checkpoints but no stored entry.
+    fn finish(&mut self) -> Result<(), VerifyFailure> {
+        self.end()?;
+        for (k, list) in std::mem::take(&mut self.checkpoints) {
+            self.current = Some(LogCheck::start(LogId::from_bytes(k), None, list)?);
+            self.logs += 1;
+            self.end()?;
+        }
+        Ok(())
+    }
+
+    /// Records a failure (what the failing log reached is checked too, before it is reported).
+    fn failed(&mut self, f: VerifyFailure) {
+        let log = self
+            .current
+            .as_ref()
+            .map_or([0xff; 16], |c| c.log.to_bytes());
+        self.flush(true);
+        self.failure = Some((log_of_failure(&f).unwrap_or(log), f));
+    }
+}
+
+/// The log a failure names, as the 16 bytes logs are ordered by.
+fn log_of_failure(f: &VerifyFailure) -> Option<[u8; 16]> {
+    if f.log == LogId::Operator.to_string() {
+        return Some(LogId::Operator.to_bytes());
+    }
+    bulkhead_core::TenantId::parse(&f.log)
+        .ok()
+        .map(|t| LogId::Tenant(t).to_bytes())
+}
+
+/// Splits `logs` (in order, with their entry counts) into at most `parts` runs of about equal
+/// entries; returns the first log of each run after the first.
+fn split_logs(logs: &[(LogId, u64)], parts: usize) -> Vec<LogId> {
+    let total: u64 = logs.iter().map(|(_, n)| *n).sum();
+    let per = total.div_ceil(parts.max(1) as u64).max(1);
+    let mut bounds = Vec::new();
+    let mut acc = 0u64;
+    for (log, n) in logs {
+        if acc >= per * (bounds.len() as u64 + 1) && bounds.len() + 1 < parts {
+            bounds.push(*log);
+        }
+        acc += n;
+    }
+    bounds
+}
+
+/// Verifies every log in the storage (what `bulkhead audit verify --all` does). The logs are
+/// shared out in contiguous ranges of about equal size among a few workers (one per core);
+/// each reads its range's entries as blocks, a storage round trip per chunk and the next chunk
+/// read while this one is hashed, and builds each log's tree; checkpoint signatures are
+/// checked in batches on their own thread. `Ok(None)`: the adapter cannot scan every log
+/// (verify log by log with [`verify_log`]). The report counts logs too; the first failure in
+/// `(log, position)` order is reported.
 pub async fn verify_all(
     backend: Arc<dyn RecordBackend>,
     key: &AuditPublicKey,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Option<(u64, VerifyReport)>, VerifyFailure> {
+    let internal = |what: String| VerifyFailure {
+        log: "*".into(),
+        at: "verifier".into(),
+        what,
+    };
     let storage = |e: crate::BackendError| VerifyFailure {
         log: "*".into(),
         at: "storage".into(),
         what: e.to_string(),
     };
-    // Every checkpoint first (few and small next to the entries), grouped by log.
-    let mut cps: std::collections::BTreeMap<[u8; 16], Vec<CheckpointRow>> = Default::default();
+    let Some(logs) = backend.unscoped_audit_logs().await.map_err(storage)? else {
+        return Ok(None);
+    };
+    // Every checkpoint (few and small next to the entries), grouped by log.
+    let mut cps: BTreeMap<[u8; 16], Vec<CheckpointRow>> = Default::default();
     let mut after = None;
     loop {
         let Some(page) = backend
@@ -934,153 +1145,169 @@ pub async fn verify_all(
             cps.entry(l.to_bytes()).or_default().push(cp);
         }
     }
-    // The reader: chunks of entries, one ahead of the hashing.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::port::AuditScanChunk>(2);
-    let reader = {
-        let backend = backend.clone();
-        tokio::spawn(async move {
-            let mut after = None;
-            loop {
-                let chunk = match backend.unscoped_audit_scan(after, SCAN_CHUNK).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => return Ok(false),
-                    Err(e) => return Err(e),
-                };
-                let Some(last) = chunk.rows.last() else {
-                    return Ok(true);
-                };
-                after = Some((last.log, last.seq));
-                let full = chunk.rows.len() == SCAN_CHUNK;
-                if tx.send(chunk).await.is_err() || !full {
-                    return Ok(true);
-                }
-            }
-        })
-    };
-    // The signature checker.
+    // The signature checker: the first bad signature in log order.
     let (sig_tx, sig_rx) = std::sync::mpsc::channel::<SignatureBatch>();
     let signer = {
         let key = key.clone();
         std::thread::Builder::new()
             .name("bulkhead-audit-signatures".into())
-            .spawn(move || -> Result<(), VerifyFailure> {
-                // Keep receiving after a failure (the sender never blocks); report the first.
-                let mut first = Ok(());
+            .spawn(move || -> Option<Located> {
+                let mut first: Option<Located> = None;
                 for batch in sig_rx {
-                    if first.is_ok() {
-                        for (log, cp) in &batch {
-                            if let Err(f) = check_signatures(*log, std::slice::from_ref(cp), &key) {
-                                first = Err(f);
-                                break;
-                            }
+                    for (log, cp) in &batch {
+                        let id = log.to_bytes();
+                        if first.as_ref().is_some_and(|(l, _)| *l <= id) {
+                            continue;
+                        }
+                        if let Err(f) = check_signatures(*log, std::slice::from_ref(cp), &key) {
+                            first = Some((id, f));
                         }
                     }
                 }
                 first
             })
-            .map_err(|e| VerifyFailure {
-                log: "*".into(),
-                at: "verifier".into(),
-                what: format!("cannot start a thread: {e}"),
-            })?
+            .map_err(|e| internal(format!("cannot start a thread: {e}")))?
     };
-    // The hashing, on the blocking pool.
-    let hashing = tokio::task::spawn_blocking(move || {
-        let mut logs = 0u64;
-        let mut total = VerifyReport::default();
-        let mut pending: SignatureBatch = Vec::with_capacity(SIGNATURE_BATCH);
-        let mut current: Option<LogCheck> = None;
-        let flush = |c: &mut LogCheck, pending: &mut SignatureBatch, force: bool| {
-            let log = c.log;
-            pending.extend(c.take_signatures().into_iter().map(|cp| (log, cp)));
-            if force || pending.len() >= SIGNATURE_BATCH {
-                let _ = sig_tx.send(std::mem::take(pending));
-            }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let bounds = split_logs(&logs, workers);
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    // Each range starts after the last log of the one before (`after`) and ends before the
+    // next range's first log (`until`).
+    let mut starts: Vec<Option<LogId>> = vec![None];
+    starts.extend(bounds.iter().copied().map(Some));
+    for (i, from) in starts.iter().copied().enumerate() {
+        let until = bounds.get(i).copied();
+        let share = Share {
+            checkpoints: cps
+                .range(from.map_or([0; 16], |l| l.to_bytes())..)
+                .take_while(|(k, _)| until.is_none_or(|u| **k < u.to_bytes()))
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            current: None,
+            logs: 0,
+            total: VerifyReport::default(),
+            failure: None,
+            pending: Vec::new(),
+            signatures: sig_tx.clone(),
         };
-        // Ends a log: leftover checkpoints, totals.
-        let end = |c: &mut LogCheck,
-                   total: &mut VerifyReport,
-                   pending: &mut SignatureBatch|
-         -> Result<(), VerifyFailure> {
-            let r = c.finish();
-            flush(c, pending, false);
-            r?;
-            total.entries += c.report.entries;
-            total.checkpoints += c.report.checkpoints;
-            total.bytes += c.report.bytes;
-            total.pruned += c.report.pruned;
-            Ok(())
-        };
-        let outcome = (|| -> Result<(), VerifyFailure> {
-            while let Some(chunk) = rx.blocking_recv() {
-                for r in &chunk.rows {
-                    let body = chunk.bodies.get(r.start..r.end).unwrap_or_default();
-                    let same = current.as_ref().is_some_and(|c| c.log == r.log);
-                    if !same {
-                        if let Some(c) = current.as_mut() {
-                            end(c, &mut total, &mut pending)?;
-                        }
-                        // Logs with checkpoints but no stored entry, ordered before this one.
-                        let id = r.log.to_bytes();
-                        let before: Vec<[u8; 16]> = cps.range(..id).map(|(k, _)| *k).collect();
-                        for k in before {
-                            let list = cps.remove(&k).unwrap_or_default();
-                            let mut c = LogCheck::start(LogId::from_bytes(k), None, list)?;
-                            logs += 1;
-                            end(&mut c, &mut total, &mut pending)?;
-                        }
-                        let list = cps.remove(&id).unwrap_or_default();
-                        current = Some(LogCheck::start(r.log, Some(r.seq), list)?);
-                        logs += 1;
-                    }
-                    if let Some(c) = current.as_mut() {
-                        c.push(r.seq, body, &r.leaf)?;
-                    }
-                }
-                progress(total.entries + current.as_ref().map_or(0, |c| c.report.entries));
-            }
-            if let Some(c) = current.as_mut() {
-                end(c, &mut total, &mut pending)?;
-            }
-            for (k, list) in std::mem::take(&mut cps) {
-                let mut c = LogCheck::start(LogId::from_bytes(k), None, list)?;
-                logs += 1;
-                end(&mut c, &mut total, &mut pending)?;
-            }
-            Ok(())
-        })();
-        // What the failing log reached is checked too, before its failure is reported.
-        if let Some(c) = current.as_mut() {
-            flush(c, &mut pending, true);
-        } else {
-            let _ = sig_tx.send(pending);
-        }
-        drop(sig_tx);
-        (outcome, logs, total)
-    });
-    let (outcome, logs, total) = hashing.await.map_err(|e| VerifyFailure {
-        log: "*".into(),
-        at: "verifier".into(),
-        what: format!("the hashing task failed: {e}"),
-    })?;
-    let signatures = signer.join().map_err(|_| VerifyFailure {
-        log: "*".into(),
-        at: "verifier".into(),
-        what: "the signature thread failed".into(),
-    })?;
-    let read = reader.await.map_err(|e| VerifyFailure {
-        log: "*".into(),
-        at: "verifier".into(),
-        what: format!("the reading task failed: {e}"),
-    })?;
-    // A bad signature is at or before any other failure in the order things were reached.
-    signatures?;
-    outcome?;
-    match read.map_err(storage)? {
-        true => Ok(Some((logs, total))),
-        false => Ok(None),
+        // Below `from`: the last log of the range before (its entries are all below here).
+        let after = from.and_then(|f| {
+            logs.iter()
+                .take_while(|(l, _)| l.to_bytes() < f.to_bytes())
+                .last()
+                .map(|(l, _)| (*l, u64::MAX))
+        });
+        let (backend, progress, done) = (backend.clone(), progress.clone(), done.clone());
+        tasks.push(tokio::spawn(verify_share(
+            backend, share, after, until, progress, done,
+        )));
     }
+    drop(sig_tx);
+    let mut count = 0u64;
+    let mut total = VerifyReport::default();
+    let mut failure: Option<Located> = None;
+    let mut read_error = None;
+    for t in tasks {
+        let (share, read) = t
+            .await
+            .map_err(|e| internal(format!("a verifying task failed: {e}")))?
+            .map_err(internal)?;
+        count += share.logs;
+        total.entries += share.total.entries;
+        total.checkpoints += share.total.checkpoints;
+        total.bytes += share.total.bytes;
+        total.pruned += share.total.pruned;
+        if let Some(f) = share.failure
+            && failure.as_ref().is_none_or(|(l, _)| f.0 < *l)
+        {
+            failure = Some(f);
+        }
+        read_error = read_error.or(read.err());
+    }
+    let signatures = signer
+        .join()
+        .map_err(|_| internal("the signature thread failed".into()))?;
+    // The first failure in log order; in one log, a bad signature (of a checkpoint reached
+    // before the entry failure) first.
+    let first = match (signatures, failure) {
+        (Some(s), Some(f)) => Some(if s.0 <= f.0 { s } else { f }),
+        (s, f) => s.or(f),
+    };
+    if let Some((_, f)) = first {
+        return Err(f);
+    }
+    if let Some(e) = read_error {
+        return Err(storage(e));
+    }
+    Ok(Some((count, total)))
 }
+
+/// One worker of [`verify_all`]: reads its range of logs chunk by chunk, the next chunk while
+/// the current one is hashed (on the blocking pool).
+async fn verify_share(
+    backend: Arc<dyn RecordBackend>,
+    mut share: Share,
+    mut after: Option<(LogId, u64)>,
+    until: Option<LogId>,
+    progress: Arc<dyn Fn(u64) + Send + Sync>,
+    done: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(Share, Result<(), crate::BackendError>), String> {
+    use std::sync::atomic::Ordering;
+    let read = |after, buffer| {
+        let backend = backend.clone();
+        async move {
+            backend
+                .unscoped_audit_scan(after, until, SCAN_CHUNK, buffer)
+                .await
+                .map(Option::unwrap_or_default)
+        }
+    };
+    let mut next = read(after, AuditScanChunk::default()).await;
+    let mut spare = AuditScanChunk::default();
+    loop {
+        let chunk = match next {
+            Ok(c) => c,
+            Err(e) => return Ok((share, Err(e))),
+        };
+        let Some(last) = chunk.blocks.last() else {
+            break;
+        };
+        after = Some((last.log, last.first + last.count.saturating_sub(1)));
+        let more = chunk.entries() >= SCAN_CHUNK as u64;
+        let entries = chunk.entries();
+        let hashing = tokio::task::spawn_blocking(move || {
+            let r = share.blocks(&chunk);
+            (share, chunk, r)
+        });
+        let (hashed, read_next) = if more {
+            let (h, n) = tokio::join!(hashing, read(after, std::mem::take(&mut spare)));
+            (h, Some(n))
+        } else {
+            (hashing.await, None)
+        };
+        let (s, used, r) = hashed.map_err(|e| format!("a hashing task failed: {e}"))?;
+        share = s;
+        spare = used;
+        progress(done.fetch_add(entries, Ordering::Relaxed) + entries);
+        if let Err(f) = r {
+            share.failed(f);
+            return Ok((share, Ok(())));
+        }
+        match read_next {
+            Some(n) => next = n,
+            None => break,
+        }
+    }
+    if let Err(f) = share.finish() {
+        share.failed(f);
+    }
+    share.flush(true);
+    Ok((share, Ok(())))
+}
+
 fn check_checkpoint(log: LogId, cp: &CheckpointRow, key: &AuditPublicKey) -> Result<(), String> {
     let signed = to_signed(log, cp).map_err(|e| e.to_string())?;
     key.verify(&signed).map_err(|e| e.to_string())

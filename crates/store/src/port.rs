@@ -358,22 +358,30 @@ pub struct AuditRow {
 }
 
 /// A chunk of stored audit entries of every log, in `(log, seq)` order, for the offline
-/// verifier: the bodies share one buffer (no allocation per entry).
+/// verifier: runs of consecutive entries of one log as blocks (`bulkhead_audit::block`), their
+/// bytes in one buffer (no allocation per entry or block).
 #[derive(Debug, Clone, Default)]
 pub struct AuditScanChunk {
-    pub rows: Vec<AuditScanRow>,
-    /// The bodies, back to back; a row's body is `bodies[start..end]`.
-    pub bodies: Vec<u8>,
+    pub blocks: Vec<AuditScanBlock>,
+    /// The blocks' bytes, back to back; a block's are `bytes[start..end]`.
+    pub bytes: Vec<u8>,
 }
 
-/// One entry of an [`AuditScanChunk`].
+/// One block of an [`AuditScanChunk`]: `count` entries of `log` from position `first`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuditScanRow {
+pub struct AuditScanBlock {
     pub log: LogId,
-    pub seq: u64,
+    pub first: u64,
+    pub count: u64,
     pub start: usize,
     pub end: usize,
-    pub leaf: [u8; 32],
+}
+
+impl AuditScanChunk {
+    /// Entries in the chunk.
+    pub fn entries(&self) -> u64 {
+        self.blocks.iter().map(|b| b.count).sum()
+    }
 }
 
 /// A signed checkpoint as stored, with the compact range (right edge) of its tree, so the
@@ -393,16 +401,18 @@ pub struct CheckpointRow {
 /// (retention, below a checkpoint).
 ///
 /// Appends are durable when the call returns. An appended entry gets its sequence number when
-/// the log is *sequenced* ([`AuditBackend::audit_sequence`]): adapters may do it at once
-/// (SQLite's single writer) or later (PostgreSQL, where concurrent transactions append to a
-/// pending queue and the checkpointer places them in commit order).
+/// the log is *sequenced* ([`AuditBackend::audit_sequence`]), or before, in rounds of the
+/// adapter's own (SQLite places its journal and `audit_pending` every few seconds; PostgreSQL's
+/// concurrent transactions append to a pending queue the checkpointer places in commit order).
 #[async_trait]
 pub trait AuditBackend: Send + Sync + 'static {
     /// Appends encoded entry bodies to the log, durably, in order.
     async fn audit_append(&self, log: &AuditScope, bodies: &[Vec<u8>]) -> Result<(), BackendError>;
-    /// Places every appended entry not placed yet (sequence numbers from the log's size, leaf
-    /// hashes from `bulkhead_audit::entry::entry_leaf`); returns the log's size afterwards.
-    async fn audit_sequence(&self, log: &AuditScope) -> Result<u64, BackendError>;
+    /// Places every entry appended to these logs before the call and not placed yet (sequence
+    /// numbers from the log's size, leaf hashes from `bulkhead_audit::entry::entry_leaf`);
+    /// returns each log's placed size afterwards, in order. Many logs at once, so that an
+    /// adapter can place them together (SQLite moves its whole append queue at a time).
+    async fn audit_sequence(&self, logs: &[AuditScope]) -> Result<Vec<u64>, BackendError>;
     /// Placed entries with `seq >= from`, in order, at most `limit`.
     async fn audit_entries(
         &self,
@@ -417,11 +427,11 @@ pub trait AuditBackend: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> Result<Vec<[u8; 32]>, BackendError>;
-    /// Stores a signed checkpoint (a checkpoint of the same size already stored is kept).
-    async fn audit_put_checkpoint(
+    /// Stores signed checkpoints, durably (a checkpoint of the same log and size already
+    /// stored is kept).
+    async fn audit_put_checkpoints(
         &self,
-        log: &AuditScope,
-        row: &CheckpointRow,
+        rows: &[(AuditScope, CheckpointRow)],
     ) -> Result<(), BackendError>;
     /// The checkpoint of exactly `size` entries, or the latest one when `size` is `None`.
     async fn audit_checkpoint(
@@ -439,14 +449,28 @@ pub trait AuditBackend: Send + Sync + 'static {
     /// Retention: deletes the entries with `seq < below`. The caller guarantees a checkpoint
     /// of size `below` exists. Returns how many were deleted.
     async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError>;
-    /// Operator tooling only (the offline verifier, across every log): at most `limit` stored
-    /// entries after `after` (a log and sequence number; `None`: from the start), in
-    /// `(log, seq)` order, logs ordered by their 16 bytes. `Ok(None)`: not supported by this
-    /// adapter (the verifier then goes log by log).
+    /// Operator tooling only (the offline verifier, across every log): every log that has
+    /// stored entries, in order of its 16 bytes, with how many it has (so that the verifier
+    /// can share the logs out among its workers). `Ok(None)`: not supported by this adapter
+    /// (the verifier then goes log by log).
+    async fn unscoped_audit_logs(&self) -> Result<Option<Vec<(LogId, u64)>>, BackendError> {
+        Ok(None)
+    }
+    /// Operator tooling only: the stored entries after `after` (a log and sequence number;
+    /// `None`: from the start) and of logs below `until` (`None`: to the end), in
+    /// `(log, seq)` order, logs ordered by their 16 bytes, in `reuse`'s buffers (emptied
+    /// first): `limit` of them, or somewhat more (an adapter may stop only at a boundary of
+    /// its own), or fewer only at the end. `Ok(None)`: not supported.
+    ///
+    /// `after` is where the previous chunk ended (its last entry), or `(log, u64::MAX)` for
+    /// "after that whole log": an adapter that stores entries in blocks resumes at the first
+    /// block beginning after it, so a position inside a block is not a place to resume from.
     async fn unscoped_audit_scan(
         &self,
         _after: Option<(LogId, u64)>,
+        _until: Option<LogId>,
         _limit: usize,
+        _reuse: AuditScanChunk,
     ) -> Result<Option<AuditScanChunk>, BackendError> {
         Ok(None)
     }
