@@ -20,8 +20,8 @@
 # a 503, or no recovery. The database is dropped at the end, whatever happened.
 #
 # Environment (all optional):
-#   BULKHEAD_BIN                  the binary (default: target/debug/bulkhead; this script builds
-#                                 nothing)
+#   BULKHEAD_BIN                  the binary (default: $CARGO_TARGET_DIR/debug/bulkhead, else
+#                                 target/debug/bulkhead; this script builds nothing)
 #   BULKHEAD_TEST_DATABASE_URL    admin URL, URL form (default:
 #                                 postgres://postgres@127.0.0.1:5432/postgres)
 #   PG_VERSION, PG_CLUSTER        the cluster to restart (default: the newest in
@@ -32,7 +32,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${BULKHEAD_BIN:-$ROOT/target/debug/bulkhead}
+BIN=${BULKHEAD_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/bulkhead}
 ADMIN_URL=${BULKHEAD_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 PG_VERSION=${PG_VERSION:-$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1)}
 PG_CLUSTER=${PG_CLUSTER:-main}

@@ -53,6 +53,7 @@ not_configured!(
     audit_records_every_access_and_change,
     audit_logs_are_per_tenant,
     audit_tampering_is_detected,
+    audit_verify_all_names_the_first_failure,
     audit_retention_keeps_the_log_verifiable,
     audit_offboarding_keeps_the_log,
     prop_isolation,

@@ -948,19 +948,19 @@ pub async fn verify_log(
     outcome.map(|()| check.report)
 }
 
+/// What checking one checkpoint's signature costs, in entries hashed (an Ed25519 verification
+/// against a 190-byte entry's leaf and node hashes), for sharing logs out among workers.
+const SIGNATURE_COST: u64 = 30;
+
 /// Entries (and checkpoints) read per storage round trip by [`verify_all`].
 const SCAN_CHUNK: usize = 2_048;
-/// Checkpoints whose signatures are checked together, on their own thread.
-const SIGNATURE_BATCH: usize = 512;
-
-/// Signatures to check, in `(log, size)` order.
-type SignatureBatch = Vec<(LogId, CheckpointRow)>;
-
 /// A failure, with the log it is in (failures are reported in log order).
 type Located = ([u8; 16], VerifyFailure);
 
 /// One worker's share of [`verify_all`]: a range of logs, verified in order. It hashes the
-/// entries and builds the trees; checkpoint signatures go to the signature thread.
+/// entries, builds the trees and checks the checkpoints' signatures (on short logs, most of the
+/// work: an Ed25519 verification costs as much as hashing some 30 entries), so that both are
+/// shared out among the workers alike.
 struct Share {
     /// Checkpoints of the share's logs not started yet.
     checkpoints: BTreeMap<[u8; 16], Vec<CheckpointRow>>,
@@ -968,19 +968,15 @@ struct Share {
     logs: u64,
     total: VerifyReport,
     failure: Option<Located>,
-    pending: SignatureBatch,
-    signatures: std::sync::mpsc::Sender<SignatureBatch>,
+    key: AuditPublicKey,
 }
 
 impl Share {
-    fn flush(&mut self, force: bool) {
-        if let Some(c) = self.current.as_mut() {
-            let log = c.log;
-            self.pending
-                .extend(c.take_signatures().into_iter().map(|cp| (log, cp)));
-        }
-        if force || self.pending.len() >= SIGNATURE_BATCH {
-            let _ = self.signatures.send(std::mem::take(&mut self.pending));
+    /// Checks the signatures of the checkpoints the current log has reached so far.
+    fn check_reached(&mut self) -> Result<(), VerifyFailure> {
+        match self.current.as_mut() {
+            Some(c) => check_signatures(c.log, &c.take_signatures(), &self.key),
+            None => Ok(()),
         }
     }
 
@@ -990,7 +986,8 @@ impl Share {
             return Ok(());
         };
         let r = c.finish();
-        self.flush(false);
+        // The checkpoints reached come before what is missing at the end.
+        self.check_reached()?;
         r?;
         if let Some(c) = self.current.take() {
             self.total.entries += c.report.entries;
@@ -1072,7 +1069,8 @@ impl Share {
             .current
             .as_ref()
             .map_or([0xff; 16], |c| c.log.to_bytes());
-        self.flush(true);
+        // A bad signature of a checkpoint reached before the failure is reported first.
+        let f = self.check_reached().err().unwrap_or(f);
         self.failure = Some((log_of_failure(&f).unwrap_or(log), f));
     }
 }
@@ -1087,8 +1085,8 @@ fn log_of_failure(f: &VerifyFailure) -> Option<[u8; 16]> {
         .map(|t| LogId::Tenant(t).to_bytes())
 }
 
-/// Splits `logs` (in order, with their entry counts) into at most `parts` runs of about equal
-/// entries; returns the first log of each run after the first.
+/// Splits `logs` (in order, with their costs) into at most `parts` runs of about equal cost;
+/// returns the first log of each run after the first.
 fn split_logs(logs: &[(LogId, u64)], parts: usize) -> Vec<LogId> {
     let total: u64 = logs.iter().map(|(_, n)| *n).sum();
     let per = total.div_ceil(parts.max(1) as u64).max(1);
@@ -1106,8 +1104,8 @@ fn split_logs(logs: &[(LogId, u64)], parts: usize) -> Vec<LogId> {
 /// Verifies every log in the storage (what `bulkhead audit verify --all` does). The logs are
 /// shared out in contiguous ranges of about equal size among a few workers (one per core);
 /// each reads its range's entries as blocks, a storage round trip per chunk and the next chunk
-/// read while this one is hashed, and builds each log's tree; checkpoint signatures are
-/// checked in batches on their own thread. `Ok(None)`: the adapter cannot scan every log
+/// read while this one is hashed, builds each log's tree and checks its checkpoints'
+/// signatures. `Ok(None)`: the adapter cannot scan every log
 /// (verify log by log with [`verify_log`]). The report counts logs too; the first failure in
 /// `(log, position)` order is reported.
 pub async fn verify_all(
@@ -1145,33 +1143,18 @@ pub async fn verify_all(
             cps.entry(l.to_bytes()).or_default().push(cp);
         }
     }
-    // The signature checker: the first bad signature in log order.
-    let (sig_tx, sig_rx) = std::sync::mpsc::channel::<SignatureBatch>();
-    let signer = {
-        let key = key.clone();
-        std::thread::Builder::new()
-            .name("bulkhead-audit-signatures".into())
-            .spawn(move || -> Option<Located> {
-                let mut first: Option<Located> = None;
-                for batch in sig_rx {
-                    for (log, cp) in &batch {
-                        let id = log.to_bytes();
-                        if first.as_ref().is_some_and(|(l, _)| *l <= id) {
-                            continue;
-                        }
-                        if let Err(f) = check_signatures(*log, std::slice::from_ref(cp), &key) {
-                            first = Some((id, f));
-                        }
-                    }
-                }
-                first
-            })
-            .map_err(|e| internal(format!("cannot start a thread: {e}")))?
-    };
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let bounds = split_logs(&logs, workers);
+    // A log's cost: its entries, and its signatures at the price of hashing some entries each.
+    let weighed: Vec<(LogId, u64)> = logs
+        .iter()
+        .map(|(l, n)| {
+            let sigs = cps.get(&l.to_bytes()).map_or(0, Vec::len) as u64;
+            (*l, n + SIGNATURE_COST * sigs)
+        })
+        .collect();
+    let bounds = split_logs(&weighed, workers);
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     // Each range starts after the last log of the one before (`after`) and ends before the
@@ -1190,8 +1173,7 @@ pub async fn verify_all(
             logs: 0,
             total: VerifyReport::default(),
             failure: None,
-            pending: Vec::new(),
-            signatures: sig_tx.clone(),
+            key: key.clone(),
         };
         // Below `from`: the last log of the range before (its entries are all below here).
         let after = from.and_then(|f| {
@@ -1205,7 +1187,6 @@ pub async fn verify_all(
             backend, share, after, until, progress, done,
         )));
     }
-    drop(sig_tx);
     let mut count = 0u64;
     let mut total = VerifyReport::default();
     let mut failure: Option<Located> = None;
@@ -1227,16 +1208,8 @@ pub async fn verify_all(
         }
         read_error = read_error.or(read.err());
     }
-    let signatures = signer
-        .join()
-        .map_err(|_| internal("the signature thread failed".into()))?;
-    // The first failure in log order; in one log, a bad signature (of a checkpoint reached
-    // before the entry failure) first.
-    let first = match (signatures, failure) {
-        (Some(s), Some(f)) => Some(if s.0 <= f.0 { s } else { f }),
-        (s, f) => s.or(f),
-    };
-    if let Some((_, f)) = first {
+    // The first failure in log order (each share reports its own first).
+    if let Some((_, f)) = failure {
         return Err(f);
     }
     if let Some(e) = read_error {
@@ -1304,7 +1277,6 @@ async fn verify_share(
     if let Err(f) = share.finish() {
         share.failed(f);
     }
-    share.flush(true);
     Ok((share, Ok(())))
 }
 

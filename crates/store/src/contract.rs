@@ -1598,6 +1598,98 @@ pub async fn audit_logs_are_per_tenant<H: Harness>() {
     assert_ne!(ca.checkpoint.root, cb.checkpoint.root);
 }
 
+/// Every log verified, as `bulkhead audit verify --all` does: in one pass where the adapter
+/// can scan every log, else log by log in log order.
+async fn verify_every_log<H: Harness>(
+    env: &Env<H>,
+    key: &bulkhead_audit::AuditPublicKey,
+    logs: &[LogId],
+) -> Result<Option<u64>, crate::audit::VerifyFailure> {
+    let backend = env.harness.backend();
+    match crate::audit::verify_all(backend.clone(), key, Arc::new(|_| {})).await? {
+        Some((count, _)) => Ok(Some(count)),
+        None => {
+            for log in std::iter::once(&LogId::Operator).chain(logs) {
+                crate::audit::verify_log(backend.as_ref(), *log, key, &|_| {}).await?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// `audit verify --all` names the first failure in (log, position) order, whichever worker
+/// finds it; in one log, a bad signature of a checkpoint reached before a damaged entry comes
+/// first. Positive twin: the untouched storage verifies, every log counted.
+pub async fn audit_verify_all_names_the_first_failure<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let audit = env.store.audit();
+    let key = audit.public_key().clone();
+    // Three tenants' logs, each with a checkpoint after two records and one after five.
+    let mut logs = Vec::new();
+    for _ in 0..3 {
+        let t = env.tenant(&[Role::Admin]).await;
+        with_users(&env, &t).await;
+        let h = env.store.tenant(&t).await.unwrap();
+        let scope = env.store.tenant_audit(&t);
+        let mut sizes = Vec::new();
+        for i in 0..5 {
+            h.create_record(
+                &coll("users"),
+                json!({"email": format!("{i}@x.example")}),
+                None,
+            )
+            .await
+            .unwrap();
+            if i == 1 || i == 4 {
+                let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
+                sizes.push(cp.checkpoint.size);
+            }
+        }
+        logs.push((LogId::Tenant(t.tenant()), sizes[0], sizes[1]));
+    }
+    logs.sort_by_key(|(l, _, _)| l.to_bytes());
+    let ids: Vec<LogId> = logs.iter().map(|(l, _, _)| *l).collect();
+    if let Some(count) = verify_every_log(&env, &key, &ids).await.unwrap() {
+        // The three tenants' logs (and the operator log, if anything recorded it).
+        assert!((3..=4).contains(&count), "{count}");
+    }
+
+    // Damage in the last log and a bad signature in the middle one: the middle one is named.
+    let ((first, c1, _), (middle, _, m2), (last, _, _)) = (logs[0], logs[1], logs[2]);
+    env.harness
+        .raw_audit_tamper(last, AuditTamper::FlipBodyByte { seq: 2 })
+        .await;
+    env.harness
+        .raw_audit_tamper(middle, AuditTamper::FlipSignature { size: m2 })
+        .await;
+    let err = verify_every_log(&env, &key, &ids).await.unwrap_err();
+    assert_eq!(
+        (err.log.as_str(), err.at.as_str()),
+        (
+            middle.to_string().as_str(),
+            format!("checkpoint {m2}").as_str()
+        ),
+        "{err}"
+    );
+    // In the first log, an entry after its first checkpoint is damaged and that checkpoint's
+    // signature is bad: the signature, reached first, is named.
+    env.harness
+        .raw_audit_tamper(first, AuditTamper::FlipBodyByte { seq: c1 + 1 })
+        .await;
+    env.harness
+        .raw_audit_tamper(first, AuditTamper::FlipSignature { size: c1 })
+        .await;
+    let err = verify_every_log(&env, &key, &ids).await.unwrap_err();
+    assert_eq!(
+        (err.log.as_str(), err.at.as_str()),
+        (
+            first.to_string().as_str(),
+            format!("checkpoint {c1}").as_str()
+        ),
+        "{err}"
+    );
+}
+
 pub async fn audit_tampering_is_detected<H: Harness>() {
     let cases = [
         (AuditTamper::FlipBodyByte { seq: 2 }, "entry 2"),
@@ -1816,6 +1908,7 @@ macro_rules! contract_suite {
             audit_records_every_access_and_change,
             audit_logs_are_per_tenant,
             audit_tampering_is_detected,
+            audit_verify_all_names_the_first_failure,
             audit_retention_keeps_the_log_verifiable,
             audit_offboarding_keeps_the_log,
             policy_versions_are_scoped,
