@@ -784,32 +784,19 @@ impl LogCheck {
         // The hash is what proves the bytes; their format is the server's own business (the
         // listing reports unreadable entries).
         let leaf = entry_leaf(self.log, seq, body);
-        self.push_leaf(seq, &leaf, body.len(), stored_leaf)
-    }
-
-    /// [`LogCheck::push`] with the leaf hash of the entry's bytes (`len` of them) already
-    /// computed (by [`verify_all`], on several threads).
-    fn push_leaf(
-        &mut self,
-        seq: u64,
-        leaf: &[u8; 32],
-        len: usize,
-        stored_leaf: &[u8; 32],
-    ) -> Result<(), VerifyFailure> {
         if seq != self.range.size() {
             return Err(self.fail(
                 format!("entry {}", self.range.size()),
                 format!("missing: the next stored entry is {seq}"),
             ));
         }
-        if leaf != stored_leaf {
+        if &leaf != stored_leaf {
             return Err(self.fail(
                 format!("entry {seq}"),
                 "its bytes do not match its stored leaf hash",
             ));
         }
-        let leaf = *leaf;
-        self.report.bytes += (bulkhead_audit::entry::HEADER_LEN + len + 1) as u64;
+        self.report.bytes += (bulkhead_audit::entry::HEADER_LEN + body.len() + 1) as u64;
         self.range.push(leaf);
         self.report.entries += 1;
         while self
@@ -1034,8 +1021,7 @@ impl Share {
                         format!("its stored block is damaged: {e}"),
                     )
                 })?;
-                let leaf = entry_leaf(c.log, seq, body);
-                c.push_leaf(seq, &leaf, body.len(), &stored)?;
+                c.push(seq, body, &stored)?;
                 seq += 1;
             }
             if seq - b.first != b.count {

@@ -1656,37 +1656,33 @@ pub async fn audit_verify_all_names_the_first_failure<H: Harness>() {
 
     // Damage in the last log and a bad signature in the middle one: the middle one is named.
     let ((first, c1, _), (middle, _, m2), (last, _, _)) = (logs[0], logs[1], logs[2]);
-    env.harness
-        .raw_audit_tamper(last, AuditTamper::FlipBodyByte { seq: 2 })
-        .await;
-    env.harness
-        .raw_audit_tamper(middle, AuditTamper::FlipSignature { size: m2 })
-        .await;
-    let err = verify_every_log(&env, &key, &ids).await.unwrap_err();
+    let tampered = |tampers: [(LogId, AuditTamper); 2]| {
+        let (env, key, ids) = (&env, &key, &ids);
+        async move {
+            for (log, t) in tampers {
+                env.harness.raw_audit_tamper(log, t).await;
+            }
+            let err = verify_every_log(env, key, ids).await.unwrap_err();
+            (err.log, err.at)
+        }
+    };
     assert_eq!(
-        (err.log.as_str(), err.at.as_str()),
-        (
-            middle.to_string().as_str(),
-            format!("checkpoint {m2}").as_str()
-        ),
-        "{err}"
+        tampered([
+            (last, AuditTamper::FlipBodyByte { seq: 2 }),
+            (middle, AuditTamper::FlipSignature { size: m2 }),
+        ])
+        .await,
+        (middle.to_string(), format!("checkpoint {m2}"))
     );
     // In the first log, an entry after its first checkpoint is damaged and that checkpoint's
     // signature is bad: the signature, reached first, is named.
-    env.harness
-        .raw_audit_tamper(first, AuditTamper::FlipBodyByte { seq: c1 + 1 })
-        .await;
-    env.harness
-        .raw_audit_tamper(first, AuditTamper::FlipSignature { size: c1 })
-        .await;
-    let err = verify_every_log(&env, &key, &ids).await.unwrap_err();
     assert_eq!(
-        (err.log.as_str(), err.at.as_str()),
-        (
-            first.to_string().as_str(),
-            format!("checkpoint {c1}").as_str()
-        ),
-        "{err}"
+        tampered([
+            (first, AuditTamper::FlipBodyByte { seq: c1 + 1 }),
+            (first, AuditTamper::FlipSignature { size: c1 }),
+        ])
+        .await,
+        (first.to_string(), format!("checkpoint {c1}"))
     );
 }
 
