@@ -460,7 +460,9 @@ pub(crate) fn scan(
     mut out: AuditScanChunk,
 ) -> rusqlite::Result<AuditScanChunk> {
     out.blocks.clear();
-    out.bytes.clear();
+    // `out.bytes` keeps its length from earlier chunks: blocks overwrite it from the start, so
+    // it is zeroed only where it grows. What lies past the last block's end is unused.
+    let mut used = 0usize;
     let mut entries = 0u64;
     let (log, first) = match after {
         // A position past what a row can hold: after every entry of that log.
@@ -482,9 +484,13 @@ pub(crate) fn scan(
         let count = to_u64(r.get(3)?)?;
         let len = usize::try_from(r.get::<_, i64>(4)?).map_err(|_| bad("block"))?;
         // The block's bytes straight into the chunk (one copy, no allocation per block).
-        let base = out.bytes.len();
-        out.bytes.resize(base + len, 0);
-        let into = out.bytes.get_mut(base..).ok_or_else(|| bad("block"))?;
+        let base = used;
+        let end = base.checked_add(len).ok_or_else(|| bad("block"))?;
+        if out.bytes.len() < end {
+            out.bytes.resize(end, 0);
+        }
+        let into = out.bytes.get_mut(base..end).ok_or_else(|| bad("block"))?;
+        used = end;
         c.blob_open("main", "audit_blocks", "entries", r.get(0)?, true)?
             .read_at_exact(into, 0)?;
         out.blocks.push(AuditScanBlock {
@@ -492,7 +498,7 @@ pub(crate) fn scan(
             first,
             count,
             start: base,
-            end: base + len,
+            end,
         });
         entries += count;
     }

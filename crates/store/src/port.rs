@@ -363,7 +363,9 @@ pub struct AuditRow {
 #[derive(Debug, Clone, Default)]
 pub struct AuditScanChunk {
     pub blocks: Vec<AuditScanBlock>,
-    /// The blocks' bytes, back to back; a block's are `bytes[start..end]`.
+    /// The blocks' bytes, back to back; a block's are `bytes[start..end]`. Bytes past the
+    /// last block's end are unused (a reused buffer keeps its length, so it is not zeroed
+    /// again for every chunk).
     pub bytes: Vec<u8>,
 }
 

@@ -75,8 +75,11 @@ pub fn builtin_tiers() -> BTreeMap<String, TierLimits> {
 /// The tier a tenant whose tier is unknown here is held to.
 pub const DEFAULT_TIER: &str = "standard";
 /// How long a cached usage figure may be used for a quota check while the tenant is far from
-/// its quotas. Near a quota (see [`USAGE_NEAR`]) every write re-reads it.
+/// its quotas, at least. Near a quota (see [`USAGE_NEAR`]) every write re-reads it.
 const USAGE_TTL: Duration = Duration::from_secs(1);
+/// ... and at most: longer than [`USAGE_TTL`] only while the tenant's rate limit cannot take
+/// it near a quota meanwhile ([`Usage::trusted_for_seconds`]).
+const USAGE_TTL_MAX: Duration = Duration::from_secs(30);
 /// "Near" a quota: above this share of it.
 const USAGE_NEAR: f64 = 0.9;
 
@@ -891,8 +894,9 @@ impl TenantHandle<'_> {
     }
 
     /// Refuses a write that would take the tenant over a storage quota. Far from its quotas a
-    /// recent usage figure is trusted; near one, usage is re-read first. Concurrent writes of
-    /// one tenant can together pass a quota by at most the tenant's concurrency cap.
+    /// recent usage figure is trusted (for a second, or as long as the tenant's rate limit
+    /// cannot bring it near a quota, up to 30 s); near one, usage is re-read first. Concurrent
+    /// writes of one tenant can together pass a quota by at most the tenant's concurrency cap.
     async fn check_quota(
         &self,
         records: u64,
@@ -910,7 +914,14 @@ impl TenantHandle<'_> {
             .store
             .usage
             .get(&self.scope.tenant())
-            .filter(|(_, at)| at.elapsed() < USAGE_TTL)
+            .filter(|(u, at)| {
+                let trusted =
+                    u.trusted_for_seconds(&self.limits, records, bytes, collections, USAGE_NEAR);
+                let ttl = Duration::try_from_secs_f64(trusted)
+                    .unwrap_or(USAGE_TTL_MAX)
+                    .clamp(USAGE_TTL, USAGE_TTL_MAX);
+                at.elapsed() < ttl
+            })
             .map(|(u, _)| u);
         let usage = match cached {
             Some(u)
