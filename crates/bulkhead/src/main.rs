@@ -24,8 +24,8 @@ use crate::config::{Config, LogFormat};
 /// it costs measurably less CPU than the system allocator (see BENCHMARKS.md). Built with its
 /// `no_thp` feature: otherwise it asks for transparent huge pages on its whole arena, and
 /// every 2 MiB page it touches again after returning memory is zeroed anew by the kernel —
-/// 40 % of `audit verify`'s CPU time, and 6–28 % fewer reads per second on the server
-/// (BENCHMARKS.md, "Allocator without transparent huge pages").
+/// up to 40 % of `audit verify`'s samples; without it the server served 1.06–1.28x the reads
+/// per second (BENCHMARKS.md, "Allocator without transparent huge pages").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

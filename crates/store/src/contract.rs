@@ -163,6 +163,19 @@ async fn with_users<H: Harness>(env: &Env<H>, ctx: &TenantContext) {
     .unwrap();
 }
 
+/// Creates one `users` record per number in `n`, with email `{i}@x.example`.
+async fn add_users(h: &crate::service::TenantHandle<'_>, n: std::ops::Range<u32>) {
+    for i in n {
+        h.create_record(
+            &coll("users"),
+            json!({"email": format!("{i}@x.example")}),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+}
+
 macro_rules! assert_not_found {
     ($e:expr) => {
         match $e {
@@ -1310,15 +1323,7 @@ pub async fn storage_quotas_refuse_and_write_nothing<H: Harness>() {
     ha.put_collection(&coll("users"), users_schema(), vec![])
         .await
         .unwrap();
-    for i in 0..2 {
-        ha.create_record(
-            &coll("users"),
-            json!({"email": format!("{i}@x.example")}),
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    add_users(&ha, 0..2).await;
     match ha
         .create_record(&coll("users"), json!({"email": "3@x.example"}), None)
         .await
@@ -1342,15 +1347,7 @@ pub async fn storage_quotas_refuse_and_write_nothing<H: Harness>() {
     hb.put_collection(&coll("other"), users_schema(), vec![])
         .await
         .unwrap();
-    for i in 0..3 {
-        hb.create_record(
-            &coll("users"),
-            json!({"email": format!("{i}@x.example")}),
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    add_users(&hb, 0..3).await;
     // A bytes quota.
     let c = env.tenant(&[Role::Admin]).await;
     env.store
@@ -1632,18 +1629,10 @@ pub async fn audit_verify_all_names_the_first_failure<H: Harness>() {
         let h = env.store.tenant(&t).await.unwrap();
         let scope = env.store.tenant_audit(&t);
         let mut sizes = Vec::new();
-        for i in 0..5 {
-            h.create_record(
-                &coll("users"),
-                json!({"email": format!("{i}@x.example")}),
-                None,
-            )
-            .await
-            .unwrap();
-            if i == 1 || i == 4 {
-                let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
-                sizes.push(cp.checkpoint.size);
-            }
+        for n in [0..2, 2..5] {
+            add_users(&h, n).await;
+            let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
+            sizes.push(cp.checkpoint.size);
         }
         logs.push((LogId::Tenant(t.tenant()), sizes[0], sizes[1]));
     }
@@ -1702,27 +1691,18 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
         let h = env.store.tenant(&a).await.unwrap();
         let audit = env.store.audit();
         let scope = env.store.tenant_audit(&a);
-        for i in 0..5 {
-            h.create_record(
-                &coll("users"),
-                json!({"email": format!("{i}@x.example")}),
-                None,
-            )
-            .await
-            .unwrap();
-            if i == 1 {
-                assert_eq!(
-                    audit
-                        .checkpoint(&scope)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .checkpoint
-                        .size,
-                    3
-                );
-            }
-        }
+        add_users(&h, 0..2).await;
+        assert_eq!(
+            audit
+                .checkpoint(&scope)
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .size,
+            3
+        );
+        add_users(&h, 2..5).await;
         assert_eq!(
             audit
                 .checkpoint(&scope)
@@ -1787,30 +1767,14 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
     let h = env.store.tenant(&a).await.unwrap();
     let audit = env.store.audit();
     let scope = env.store.tenant_audit(&a);
-    for i in 0..3 {
-        h.create_record(
-            &coll("users"),
-            json!({"email": format!("{i}@x.example")}),
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    add_users(&h, 0..3).await;
     audit.checkpoint(&scope).await.unwrap();
     // Nothing is older than a minute ago: nothing goes.
     let past = bulkhead_core::Timestamp::now_utc() - std::time::Duration::from_secs(60);
     assert_eq!(audit.prune(&scope, past).await.unwrap(), 0);
     let cutoff = bulkhead_core::Timestamp::now_utc() + std::time::Duration::from_secs(1);
     assert_eq!(audit.prune(&scope, cutoff).await.unwrap(), 4);
-    for i in 3..5 {
-        h.create_record(
-            &coll("users"),
-            json!({"email": format!("{i}@x.example")}),
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    add_users(&h, 3..5).await;
     let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
     assert_eq!(cp.checkpoint.size, 6);
     let key = audit.public_key().clone();

@@ -460,8 +460,8 @@ pub trait AuditBackend: Send + Sync + 'static {
     }
     /// Operator tooling only: the stored entries after `after` (a log and sequence number;
     /// `None`: from the start) and of logs below `until` (`None`: to the end), in
-    /// `(log, seq)` order, logs ordered by their 16 bytes, in `reuse`'s buffers (emptied
-    /// first): `limit` of them, or somewhat more (an adapter may stop only at a boundary of
+    /// `(log, seq)` order, logs ordered by their 16 bytes, in `reuse`'s buffers (its blocks
+    /// emptied first, its bytes overwritten from the start): `limit` of them, or somewhat more (an adapter may stop only at a boundary of
     /// its own), or fewer only at the end. `Ok(None)`: not supported.
     ///
     /// `after` is where the previous chunk ended (its last entry), or `(log, u64::MAX)` for
