@@ -29,6 +29,8 @@ use crate::{CollectionName, FieldName, KeyId, RecordId, TenantId};
 const FORMAT_V1: u8 = 1;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
+/// Bytes a sealed value takes beyond its plaintext: format version, nonce and tag.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CryptoError {

@@ -216,8 +216,9 @@ impl Usage {
     /// of writes that add to the quotas whose `add_*` is non-zero: as long as the tenant,
     /// writing as fast as its rate limit lets it (its whole burst at once, then its sustained
     /// rate), cannot have taken one of those quotas past `near` (a share of it, such as 0.9)
-    /// since the figure was read. A write adds at most one record, one collection, and its
-    /// body's bytes plus [`RECORD_OVERHEAD_BYTES`]. `0.0`: not at all (near a quota already).
+    /// since the figure was read. A write adds at most one record, one collection, and
+    /// `max_write_bytes` stored bytes (the largest record the server accepts, sealed).
+    /// `0.0`: not at all (near a quota already).
     ///
     /// The bound holds across instances only while the rate limit does (with Redis); the
     /// caller keeps counting its own writes into the figure, which only makes it tighter.
@@ -227,6 +228,7 @@ impl Usage {
         add_records: u64,
         add_bytes: u64,
         add_collections: u64,
+        max_write_bytes: u64,
         near: f64,
     ) -> f64 {
         #[allow(
@@ -243,13 +245,12 @@ impl Usage {
                 (room - burst) / per_second
             }
         };
-        let per_write_bytes = limits.max_body_bytes.saturating_add(RECORD_OVERHEAD_BYTES);
         let mut t = f64::INFINITY;
         if add_records > 0 {
             t = t.min(horizon(self.records, limits.max_records, 1));
         }
         if add_bytes > 0 {
-            t = t.min(horizon(self.bytes, limits.max_bytes, per_write_bytes));
+            t = t.min(horizon(self.bytes, limits.max_bytes, max_write_bytes));
         }
         if add_collections > 0 {
             t = t.min(horizon(self.collections, limits.max_collections, 1));
@@ -257,10 +258,6 @@ impl Usage {
         t
     }
 }
-
-/// Most bytes a stored record takes beyond its request body (the ciphertext's framing: format
-/// version, key id, nonce and tag, with room to spare), for [`Usage::trusted_for_seconds`].
-pub const RECORD_OVERHEAD_BYTES: u64 = 1024;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
@@ -275,29 +272,33 @@ mod tests {
             bytes: 1 << 20,
             collections: 1,
         };
+        let max = 256 * 1024 + 41; // the largest record (the default), sealed
         // Records: (900,000 - 1,000 - 1,000) / 500 = 1,796 s.
-        assert!((far.trusted_for_seconds(&l, 1, 0, 0, 0.9) - 1796.0).abs() < 1e-6);
-        // Bytes bound it much sooner: every write may bring a whole body.
-        let per = (l.max_body_bytes + RECORD_OVERHEAD_BYTES) as f64;
+        assert!((far.trusted_for_seconds(&l, 1, 0, 0, max, 0.9) - 1796.0).abs() < 1e-6);
+        // Bytes bound it much sooner: every write may bring the largest record.
+        let per = max as f64;
         let expect =
             (l.max_bytes as f64 * 0.9 - (1u64 << 20) as f64 - 1000.0 * per) / (500.0 * per);
-        let t = far.trusted_for_seconds(&l, 1, 100, 0, 0.9);
-        assert!((t - expect).abs() < 1e-6 && t > 1.0 && t < 10.0, "{t}");
+        let t = far.trusted_for_seconds(&l, 1, 100, 0, max, 0.9);
+        assert!((t - expect).abs() < 1e-6 && t > 1.0 && t < 30.0, "{t}");
         // A collection write: 180 - 1 collections of room is less than the burst.
-        assert!(far.trusted_for_seconds(&l, 0, 0, 1, 0.9) == 0.0);
+        assert!(far.trusted_for_seconds(&l, 0, 0, 1, max, 0.9) == 0.0);
         // Near a quota: not trusted at all; nothing added: no bound from that quota.
         let near = Usage {
             records: 899_000,
             ..far
         };
-        assert!(near.trusted_for_seconds(&l, 1, 0, 0, 0.9) == 0.0);
-        assert!(near.trusted_for_seconds(&l, 0, 0, 0, 0.9).is_infinite());
+        assert!(near.trusted_for_seconds(&l, 1, 0, 0, max, 0.9) == 0.0);
+        assert!(
+            near.trusted_for_seconds(&l, 0, 0, 0, max, 0.9)
+                .is_infinite()
+        );
         // The twin: a slower tier may trust the same figure for longer.
         let slow = TierLimits {
             rate_per_second: 5.0,
             ..l
         };
-        assert!(far.trusted_for_seconds(&slow, 1, 0, 0, 0.9) > 1796.0 * 99.0);
+        assert!(far.trusted_for_seconds(&slow, 1, 0, 0, max, 0.9) > 1796.0 * 99.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bulkhead_core::crypto::{MasterKey, RecordPlace, TenantKeys};
+use bulkhead_core::crypto::{MasterKey, RecordPlace, SEAL_OVERHEAD, TenantKeys};
 use bulkhead_core::limits::{InputLimits, json_depth};
 use bulkhead_core::schema::{CompiledCollection, FieldPolicy};
 use bulkhead_core::tenant::Placement;
@@ -915,8 +915,20 @@ impl TenantHandle<'_> {
             .usage
             .get(&self.scope.tenant())
             .filter(|(u, at)| {
-                let trusted =
-                    u.trusted_for_seconds(&self.limits, records, bytes, collections, USAGE_NEAR);
+                let largest = self
+                    .store
+                    .cfg
+                    .limits
+                    .max_record_bytes
+                    .saturating_add(SEAL_OVERHEAD);
+                let trusted = u.trusted_for_seconds(
+                    &self.limits,
+                    records,
+                    bytes,
+                    collections,
+                    u64::try_from(largest).unwrap_or(u64::MAX),
+                    USAGE_NEAR,
+                );
                 let ttl = Duration::try_from_secs_f64(trusted)
                     .unwrap_or(USAGE_TTL_MAX)
                     .clamp(USAGE_TTL, USAGE_TTL_MAX);
