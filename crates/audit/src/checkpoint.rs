@@ -1,7 +1,7 @@
 //! Signed checkpoints, and the JSON forms of checkpoints, entries and proofs that the API
 //! serves and `bulkhead audit verify-proof` checks.
 //!
-//! The signed message of a checkpoint is this text (UTF-8, `\n` line ends, the last included):
+//! A checkpoint is this text (UTF-8, `\n` line ends, the last included):
 //!
 //! ```text
 //! bulkhead audit checkpoint v1
@@ -11,8 +11,27 @@
 //! time <microseconds since the Unix epoch, decimal>
 //! ```
 //!
-//! signed with Ed25519 (RFC 8032) by the server's audit key. The key id is the first 8 bytes
-//! of `SHA-256(public key)` in hex.
+//! signed with Ed25519 (RFC 8032) by the server's audit key, alone or in a batch (below). The
+//! key id is the first 8 bytes of `SHA-256(public key)` in hex.
+//!
+//! The server signs the checkpoints of one round together, as a *batch*: each checkpoint's
+//! text is a leaf (`SHA-256(0x00 || text)`) in an RFC 6962 tree of [`BATCH_WIDTH`] slots, the
+//! round's checkpoints in slots drawn at random and every other slot a random 32-byte value,
+//! and one signature covers the tree's root:
+//!
+//! ```text
+//! bulkhead audit checkpoint batch v1
+//! width <decimal>
+//! root <64 lowercase hex digits>
+//! ```
+//!
+//! Each checkpoint carries its slot and its audit path to that root ([`BatchPath`]), so it
+//! still verifies with nothing but the public key; checking a round's checkpoints together
+//! costs one Ed25519 verification, not one per log. The width is fixed and the slots random,
+//! so a checkpoint says nothing about how many other logs grew in its round or which; the
+//! sibling hashes are hashes of other logs' checkpoint texts (their log ids, sizes, roots and
+//! times, which a 256-bit root keeps from being guessed) or random padding, indistinguishable.
+//! A checkpoint without a batch path is signed alone, over its own text.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -22,11 +41,21 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::entry::{EntryBody, LogId, split_entry};
-use crate::merkle::{CompactRange, Hash, leaf_hash, verify_consistency, verify_inclusion};
+use crate::merkle::{
+    CompactRange, Hash, all_inclusion_proofs, leaf_hash, root_from_inclusion, verify_consistency,
+    verify_inclusion,
+};
 use crate::{hex, parse_hash};
 
-/// The first line of every signed checkpoint.
+/// The first line of every checkpoint's text.
 pub const CHECKPOINT_HEADER: &str = "bulkhead audit checkpoint v1";
+
+/// The first line of a signed batch of checkpoints.
+pub const BATCH_HEADER: &str = "bulkhead audit checkpoint batch v1";
+
+/// Slots in a signed batch (a power of two: every audit path has 10 hashes). At most this
+/// many checkpoints share one signature; a round with more signs several batches.
+pub const BATCH_WIDTH: usize = 1024;
 
 /// "Log `log` had `size` entries with root `root` at `time_us`."
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +77,91 @@ impl Checkpoint {
             self.time_us
         )
     }
+
+    /// Its leaf in a batch: `SHA-256(0x00 || signed text)`.
+    pub fn batch_leaf(&self) -> Hash {
+        leaf_hash(self.signed_text().as_bytes())
+    }
 }
 
-/// A checkpoint with the server's signature.
+/// The signed text of a batch of `width` slots with root `root`.
+fn batch_text(width: u64, root: &Hash) -> String {
+    format!("{BATCH_HEADER}\nwidth {width}\nroot {}\n", hex(root))
+}
+
+/// Where a checkpoint sits in the batch it was signed in: its slot, the batch's width and the
+/// audit path from its leaf to the signed root, leaf to root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchPath {
+    pub index: u64,
+    pub width: u64,
+    pub path: Vec<Hash>,
+}
+
+impl BatchPath {
+    /// The stored form: slot and width as 8-byte big-endian numbers, then the path's hashes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 32 * self.path.len());
+        out.extend_from_slice(&self.index.to_be_bytes());
+        out.extend_from_slice(&self.width.to_be_bytes());
+        self.path.iter().for_each(|h| out.extend_from_slice(h));
+        out
+    }
+
+    /// Reads [`BatchPath::to_bytes`]; `None` if malformed.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        let (index, rest) = b.split_first_chunk::<8>()?;
+        let (width, rest) = rest.split_first_chunk::<8>()?;
+        let chunks = rest.chunks_exact(32);
+        if !chunks.remainder().is_empty() {
+            return None;
+        }
+        Some(Self {
+            index: u64::from_be_bytes(*index),
+            width: u64::from_be_bytes(*width),
+            path: chunks
+                .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+                .collect(),
+        })
+    }
+}
+
+/// A checkpoint with the server's signature: over its own text, or (with `batch`) over the
+/// root its batch path leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedCheckpoint {
     pub checkpoint: Checkpoint,
     pub key_id: String,
     pub signature: [u8; 64],
+    pub batch: Option<BatchPath>,
+}
+
+impl SignedCheckpoint {
+    /// The bytes the signature is over; `None` if the batch path does not fit its slot and
+    /// width.
+    pub fn signed_message(&self) -> Option<String> {
+        match &self.batch {
+            None => Some(self.checkpoint.signed_text()),
+            Some(b) => {
+                let root = self.batch_root()?;
+                Some(batch_text(b.width, &root))
+            }
+        }
+    }
+
+    /// The root of the batch it was signed in (`None`: signed alone, or a path that does not
+    /// fit).
+    pub fn batch_root(&self) -> Option<Hash> {
+        let b = self.batch.as_ref()?;
+        root_from_inclusion(&self.checkpoint.batch_leaf(), b.index, b.width, &b.path)
+    }
+}
+
+/// Batch signatures already checked by [`AuditPublicKey::verify_cached`]: a round's
+/// checkpoints share one.
+#[derive(Debug, Default)]
+pub struct SignatureCache {
+    seen: std::collections::HashSet<(u64, Hash, [u8; 64])>,
 }
 
 /// The server's audit signing key.
@@ -82,13 +188,62 @@ impl AuditKey {
         &self.public
     }
 
+    /// Signs one checkpoint alone, over its own text (what servers before batch signing
+    /// stored; the server now signs every checkpoint in a batch, [`AuditKey::sign_batch`]).
     pub fn sign(&self, checkpoint: Checkpoint) -> SignedCheckpoint {
         let sig = self.signing.sign(checkpoint.signed_text().as_bytes());
         SignedCheckpoint {
             checkpoint,
             key_id: self.public.key_id.clone(),
             signature: sig.to_bytes(),
+            batch: None,
         }
+    }
+
+    /// Signs `checkpoints` in batches of [`BATCH_WIDTH`] slots (see the module docs): one
+    /// signature per batch, whatever the number of checkpoints in it. `rng` draws the slots
+    /// and the padding. Returned in the order given.
+    pub fn sign_batch(
+        &self,
+        checkpoints: &[Checkpoint],
+        rng: &mut impl rand_core::CryptoRngCore,
+    ) -> Vec<SignedCheckpoint> {
+        let mut out = Vec::with_capacity(checkpoints.len());
+        for chunk in checkpoints.chunks(BATCH_WIDTH) {
+            // Random slots: a partial Fisher–Yates shuffle of 0..width.
+            let mut slots: Vec<usize> = (0..BATCH_WIDTH).collect();
+            for i in 0..chunk.len() {
+                let left = (BATCH_WIDTH - i) as u64;
+                let j = i + usize::try_from(rng.next_u64() % left).unwrap_or(0);
+                slots.swap(i, j);
+            }
+            let mut leaves = vec![[0u8; 32]; BATCH_WIDTH];
+            leaves.iter_mut().for_each(|l| rng.fill_bytes(l));
+            for (cp, slot) in chunk.iter().zip(&slots) {
+                if let Some(l) = leaves.get_mut(*slot) {
+                    *l = cp.batch_leaf();
+                }
+            }
+            let (root, paths) = all_inclusion_proofs(&leaves);
+            let width = BATCH_WIDTH as u64;
+            let signature = self
+                .signing
+                .sign(batch_text(width, &root).as_bytes())
+                .to_bytes();
+            for (cp, slot) in chunk.iter().zip(&slots) {
+                out.push(SignedCheckpoint {
+                    checkpoint: *cp,
+                    key_id: self.public.key_id.clone(),
+                    signature,
+                    batch: Some(BatchPath {
+                        index: *slot as u64,
+                        width,
+                        path: paths.get(*slot).cloned().unwrap_or_default(),
+                    }),
+                });
+            }
+        }
+        out
     }
 }
 
@@ -116,15 +271,46 @@ impl AuditPublicKey {
         self.key.as_bytes()
     }
 
-    /// Checks a checkpoint's signature (strictly: no malleable or small-order signatures).
+    /// Checks a checkpoint's signature (strictly: no malleable or small-order signatures),
+    /// over its own text or over the batch root its path leads to.
     pub fn verify(&self, cp: &SignedCheckpoint) -> Result<(), VerifyError> {
         if cp.key_id != self.key_id {
             return Err(VerifyError::UnknownKey(cp.key_id.clone()));
         }
+        let message = cp.signed_message().ok_or(VerifyError::BadSignature)?;
         let sig = Signature::from_bytes(&cp.signature);
         self.key
-            .verify_strict(cp.checkpoint.signed_text().as_bytes(), &sig)
+            .verify_strict(message.as_bytes(), &sig)
             .map_err(|_| VerifyError::BadSignature)
+    }
+
+    /// [`AuditPublicKey::verify`], checking each batch's signature once: a checkpoint whose
+    /// path leads to a batch root already verified with the same signature costs its path's
+    /// hashes only.
+    pub fn verify_cached(
+        &self,
+        cp: &SignedCheckpoint,
+        cache: &mut SignatureCache,
+    ) -> Result<(), VerifyError> {
+        if cp.key_id != self.key_id {
+            return Err(VerifyError::UnknownKey(cp.key_id.clone()));
+        }
+        let Some(b) = &cp.batch else {
+            return self.verify(cp);
+        };
+        let root = cp.batch_root().ok_or(VerifyError::BadSignature)?;
+        let seen = (b.width, root, cp.signature);
+        if cache.seen.contains(&seen) {
+            return Ok(());
+        }
+        self.key
+            .verify_strict(
+                batch_text(b.width, &root).as_bytes(),
+                &Signature::from_bytes(&cp.signature),
+            )
+            .map_err(|_| VerifyError::BadSignature)?;
+        cache.seen.insert(seen);
+        Ok(())
     }
 
     pub fn to_json(&self) -> KeyJson {
@@ -197,8 +383,24 @@ pub struct CheckpointJson {
     /// Microseconds since the Unix epoch (what is signed).
     pub time_us: i64,
     pub key_id: String,
-    /// Ed25519 signature over the checkpoint text, standard base64.
+    /// Ed25519 signature, standard base64: over the checkpoint text, or with `batch` over the
+    /// batch text.
     pub signature: String,
+    /// Where the checkpoint sits in the batch the signature covers (absent: signed alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchJson>,
+}
+
+/// A checkpoint's place in its signed batch, on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchJson {
+    /// Its slot (its leaf's index in the batch tree).
+    pub index: u64,
+    /// Slots in the batch (the tree's size).
+    pub width: u64,
+    /// Audit path from its leaf, `SHA-256(0x00 || checkpoint text)`, to the signed root; hex,
+    /// leaf to root.
+    pub path: Vec<String>,
 }
 
 impl SignedCheckpoint {
@@ -211,6 +413,11 @@ impl SignedCheckpoint {
             time_us: c.time_us,
             key_id: self.key_id.clone(),
             signature: B64.encode(self.signature),
+            batch: self.batch.as_ref().map(|b| BatchJson {
+                index: b.index,
+                width: b.width,
+                path: b.path.iter().map(|h| hex(h)).collect(),
+            }),
         }
     }
 
@@ -233,6 +440,22 @@ impl SignedCheckpoint {
             },
             key_id: j.key_id.clone(),
             signature,
+            batch: match &j.batch {
+                None => None,
+                Some(b) => Some(BatchPath {
+                    index: b.index,
+                    width: b.width,
+                    path: b
+                        .path
+                        .iter()
+                        .map(|h| {
+                            parse_hash(h).ok_or_else(|| {
+                                VerifyError::Malformed("batch path hash is not hex".into())
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                }),
+            },
         })
     }
 }
@@ -509,5 +732,104 @@ mod tests {
             other.public().verify(&s),
             Err(VerifyError::UnknownKey(_))
         ));
+    }
+
+    fn checkpoints(n: usize) -> Vec<Checkpoint> {
+        (0..n)
+            .map(|i| Checkpoint {
+                log: LogId::Tenant(TenantId::generate()),
+                size: i as u64 + 1,
+                root: [i as u8; 32],
+                time_us: 42,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_signs_each_checkpoint_and_any_change_breaks_it() {
+        let k = key();
+        let mut rng = rand_core::OsRng;
+        for n in [1, 2, 3, 700, BATCH_WIDTH, BATCH_WIDTH + 5] {
+            let cps = checkpoints(n);
+            let signed = k.sign_batch(&cps, &mut rng);
+            assert_eq!(signed.len(), n);
+            let mut cache = SignatureCache::default();
+            for (s, cp) in signed.iter().zip(&cps) {
+                assert_eq!(&s.checkpoint, cp);
+                let b = s.batch.as_ref().unwrap();
+                // Fixed width: the path says nothing of how many logs shared the batch.
+                assert_eq!((b.width, b.path.len()), (BATCH_WIDTH as u64, 10));
+                k.public().verify(s).unwrap();
+                k.public().verify_cached(s, &mut cache).unwrap();
+                assert_eq!(SignedCheckpoint::from_json(&s.to_json()).unwrap(), *s);
+            }
+            // One signature per batch.
+            assert_eq!(cache.seen.len(), n.div_ceil(BATCH_WIDTH));
+        }
+        let signed = k.sign_batch(&checkpoints(3), &mut rng);
+        let s = &signed[0];
+        type Change = Box<dyn Fn(&mut SignedCheckpoint)>;
+        let mut changes: Vec<Change> = vec![
+            Box::new(|c| c.checkpoint.size += 1),
+            Box::new(|c| c.checkpoint.root[0] ^= 1),
+            Box::new(|c| c.checkpoint.time_us += 1),
+            Box::new(|c| c.checkpoint.log = LogId::Operator),
+            Box::new(|c| c.signature[3] ^= 1),
+            Box::new(|c| c.batch.as_mut().unwrap().path[4][0] ^= 1),
+            Box::new(|c| c.batch.as_mut().unwrap().index ^= 1),
+            Box::new(|c| c.batch.as_mut().unwrap().width = 2048),
+            Box::new(|c| {
+                c.batch.as_mut().unwrap().path.pop();
+            }),
+            // Signed alone, it is not a valid checkpoint: the signature is the batch's.
+            Box::new(|c| c.batch = None),
+        ];
+        // Another checkpoint's place in the same batch.
+        let other = signed[1].batch.clone();
+        changes.push(Box::new(move |c| c.batch = other.clone()));
+        for (i, change) in changes.iter().enumerate() {
+            let mut bad = s.clone();
+            change(&mut bad);
+            assert_eq!(
+                k.public().verify(&bad),
+                Err(VerifyError::BadSignature),
+                "{i}"
+            );
+            // A cache that holds the genuine batch vouches for nothing changed either.
+            let mut cache = SignatureCache::default();
+            k.public().verify_cached(&signed[2], &mut cache).unwrap();
+            assert_eq!(
+                k.public().verify_cached(&bad, &mut cache),
+                Err(VerifyError::BadSignature),
+                "{i}"
+            );
+        }
+        // A lone signature is not a batch's either.
+        let alone = k.sign(s.checkpoint);
+        let mut bad = alone.clone();
+        bad.batch = s.batch.clone();
+        assert_eq!(k.public().verify(&bad), Err(VerifyError::BadSignature));
+        assert_eq!(
+            BatchPath::from_bytes(&s.batch.as_ref().unwrap().to_bytes()),
+            s.batch
+        );
+        assert_eq!(BatchPath::from_bytes(&[0u8; 15]), None);
+        assert_eq!(BatchPath::from_bytes(&[0u8; 17]), None);
+    }
+
+    #[test]
+    fn slots_are_drawn_at_random() {
+        let k = key();
+        let cps = checkpoints(2);
+        let slots: std::collections::HashSet<u64> = (0..20)
+            .map(|_| {
+                k.sign_batch(&cps, &mut rand_core::OsRng)[0]
+                    .batch
+                    .as_ref()
+                    .unwrap()
+                    .index
+            })
+            .collect();
+        assert!(slots.len() > 1, "{slots:?}");
     }
 }

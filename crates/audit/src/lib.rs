@@ -27,36 +27,14 @@ pub use merkle::{CompactRange, Hash};
 
 /// Hex encoding of hashes on the wire (lowercase).
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    ::hex::encode(bytes)
 }
 
-/// Parses a 32-byte hash written as 64 hex digits.
+/// Parses a 32-byte hash written as 64 hex digits (either case).
 pub fn parse_hash(s: &str) -> Option<Hash> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
-        let hi = hex_digit(*pair.first()?)?;
-        let lo = hex_digit(*pair.get(1)?)?;
-        *o = (hi << 4) | lo;
-    }
+    ::hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

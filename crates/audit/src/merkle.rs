@@ -179,14 +179,21 @@ pub fn consistency_proof_after(
 /// Checks that `leaf` is at `index` in the tree of `size` leaves with root `root`
 /// (RFC 9162 §2.1.3.2).
 pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root: &Hash) -> bool {
+    root_from_inclusion(leaf, index, size, proof).is_some_and(|r| r == *root)
+}
+
+/// The root that `leaf` at `index` and its audit path `proof` lead to in a tree of `size`
+/// leaves (RFC 9162 §2.1.3.2, without the final comparison); `None` if the path does not fit
+/// the position and size.
+pub fn root_from_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash]) -> Option<Hash> {
     if index >= size {
-        return false;
+        return None;
     }
     let (mut f_n, mut s_n) = (index, size - 1);
     let mut r = *leaf;
     for p in proof {
         if s_n == 0 {
-            return false;
+            return None;
         }
         if f_n & 1 == 1 || f_n == s_n {
             r = node_hash(p, &r);
@@ -200,7 +207,29 @@ pub fn verify_inclusion(leaf: &Hash, index: u64, size: u64, proof: &[Hash], root
         f_n >>= 1;
         s_n >>= 1;
     }
-    s_n == 0 && r == *root
+    (s_n == 0).then_some(r)
+}
+
+/// The root of the tree of `leaves` and the audit path of every leaf, in leaf order: what
+/// [`inclusion_proof`] gives for each index, in one pass (`n - 1` node hashes, where asking
+/// for each path alone costs `n` each).
+pub fn all_inclusion_proofs(leaves: &[Hash]) -> (Hash, Vec<Vec<Hash>>) {
+    match leaves {
+        [] => (empty_root(), Vec::new()),
+        [leaf] => (*leaf, vec![Vec::new()]),
+        _ => {
+            let k = usize::try_from(split_u64(leaves.len() as u64)).unwrap_or(1);
+            let (left, right) = leaves.split_at(k.min(leaves.len()));
+            let (l_root, mut l_paths) = all_inclusion_proofs(left);
+            let (r_root, r_paths) = all_inclusion_proofs(right);
+            l_paths.iter_mut().for_each(|p| p.push(r_root));
+            l_paths.extend(r_paths.into_iter().map(|mut p| {
+                p.push(l_root);
+                p
+            }));
+            (node_hash(&l_root, &r_root), l_paths)
+        }
+    }
 }
 
 /// Checks that the tree of `first` leaves with root `first_root` is a prefix of the tree of
@@ -461,5 +490,26 @@ mod tests {
         }
         assert!(inclusion_proof(&leaves(3), 3).is_none());
         assert!(consistency_proof(&leaves(3), 4).is_none());
+    }
+
+    #[test]
+    fn all_paths_at_once_are_the_paths_one_by_one() {
+        for n in 0..70usize {
+            let l = leaves(n);
+            let (r, paths) = all_inclusion_proofs(&l);
+            assert_eq!(r, root(&l), "n = {n}");
+            assert_eq!(paths.len(), n);
+            for (i, p) in paths.iter().enumerate() {
+                assert_eq!(Some(p.clone()), inclusion_proof(&l, i), "n = {n}, i = {i}");
+                assert_eq!(root_from_inclusion(&l[i], i as u64, n as u64, p), Some(r));
+            }
+        }
+        // A path one hash short or long does not fit the size.
+        let l = leaves(8);
+        let (_, paths) = all_inclusion_proofs(&l);
+        assert_eq!(root_from_inclusion(&l[0], 0, 8, &paths[0][..2]), None);
+        let mut long = paths[0].clone();
+        long.push([0; 32]);
+        assert_eq!(root_from_inclusion(&l[0], 0, 8, &long), None);
     }
 }

@@ -85,6 +85,25 @@ proptest! {
             prop_assert!(verify_inclusion_json(&swapped, key.public(), None).is_err());
             prop_assert!(verify_inclusion_json(&p, key.public(), Some(b.id)).is_err());
 
+            // A's and B's checkpoints signed in one batch (as the server signs a round): A's
+            // verifies, B's never stands in for it, nor does A's checkpoint at B's slot.
+            let batch = key.sign_batch(&[cp_a.checkpoint, cp_b.checkpoint], &mut rand_core::OsRng);
+            let mut pb = p.clone();
+            pb.checkpoint = batch[0].to_json();
+            prop_assert!(verify_inclusion_json(&pb, key.public(), Some(a.id)).is_ok());
+            pb.checkpoint = batch[1].to_json();
+            prop_assert!(verify_inclusion_json(&pb, key.public(), Some(b.id)).is_err());
+            pb.log = b.id.to_string();
+            prop_assert!(verify_inclusion_json(&pb, key.public(), None).is_err());
+            let mut moved = batch[0].clone();
+            moved.batch = batch[1].batch.clone();
+            let mut pm = p.clone();
+            pm.checkpoint = moved.to_json();
+            prop_assert_eq!(
+                verify_inclusion_json(&pm, key.public(), Some(a.id)).unwrap_err(),
+                VerifyError::BadSignature
+            );
+
             let m = x.index(size + 1);
             let from = a.checkpoint(&key, m);
             let c = consistency_json(&a.leaves, &from, &cp_a).unwrap();

@@ -275,8 +275,9 @@ pub(crate) async fn put_checkpoint(
 ) -> Result<(), BackendError> {
     let (_, _, checkpoints) = tables(log);
     let sql = format!(
-        "INSERT INTO {checkpoints} (tenant_id, size, root, time_us, key_id, signature, frontier)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, size) DO NOTHING"
+        "INSERT INTO {checkpoints}
+         (tenant_id, size, root, time_us, key_id, signature, frontier, batch)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, size) DO NOTHING"
     );
     let (tx, [st]) = conn.prepare_tx(Mode::Write, [sql.as_str()]).await?;
     conn.transaction(
@@ -292,6 +293,7 @@ pub(crate) async fn put_checkpoint(
                 &row.key_id,
                 &row.signature,
                 &row.frontier,
+                &row.batch,
             ],
         ),
     )
@@ -299,7 +301,7 @@ pub(crate) async fn put_checkpoint(
     .map(drop)
 }
 
-const CHECKPOINT_COLUMNS: &str = "size, root, time_us, key_id, signature, frontier";
+const CHECKPOINT_COLUMNS: &str = "size, root, time_us, key_id, signature, frontier, batch";
 
 fn checkpoint_of(r: &Row) -> Result<CheckpointRow, BackendError> {
     Ok(CheckpointRow {
@@ -309,6 +311,7 @@ fn checkpoint_of(r: &Row) -> Result<CheckpointRow, BackendError> {
         key_id: col(r, 3)?,
         signature: col(r, 4)?,
         frontier: col(r, 5)?,
+        batch: col(r, 6)?,
     })
 }
 

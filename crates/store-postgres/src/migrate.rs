@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tenant_reads",
         include_str!("../migrations/0007_tenant_reads.sql"),
     ),
+    (
+        8,
+        "checkpoint_batches",
+        include_str!("../migrations/0008_checkpoint_batches.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations hold (an arbitrary constant: "bulkhead" in ASCII).

@@ -54,6 +54,7 @@ not_configured!(
     audit_logs_are_per_tenant,
     audit_tampering_is_detected,
     audit_verify_all_names_the_first_failure,
+    audit_rounds_share_one_signature,
     audit_retention_keeps_the_log_verifiable,
     audit_offboarding_keeps_the_log,
     prop_isolation,

@@ -333,8 +333,9 @@ pub(crate) fn put_checkpoint(
     row: &CheckpointRow,
 ) -> rusqlite::Result<()> {
     c.prepare_cached(
-        "INSERT OR IGNORE INTO audit_checkpoints (log, size, root, time_us, key_id, signature, frontier)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR IGNORE INTO audit_checkpoints
+         (log, size, root, time_us, key_id, signature, frontier, batch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         log.to_bytes().as_slice(),
@@ -344,11 +345,12 @@ pub(crate) fn put_checkpoint(
         row.key_id,
         row.signature,
         row.frontier,
+        row.batch,
     ])?;
     Ok(())
 }
 
-const CHECKPOINT_COLUMNS: &str = "size, root, time_us, key_id, signature, frontier";
+const CHECKPOINT_COLUMNS: &str = "size, root, time_us, key_id, signature, frontier, batch";
 
 fn checkpoint_of(r: &Row<'_>) -> rusqlite::Result<CheckpointRow> {
     Ok(CheckpointRow {
@@ -358,6 +360,7 @@ fn checkpoint_of(r: &Row<'_>) -> rusqlite::Result<CheckpointRow> {
         key_id: r.get(3)?,
         signature: r.get(4)?,
         frontier: r.get(5)?,
+        batch: r.get(6)?,
     })
 }
 
@@ -542,6 +545,7 @@ pub(crate) fn scan_checkpoints(
                     key_id: r.get(4)?,
                     signature: r.get(5)?,
                     frontier: r.get(6)?,
+                    batch: r.get(7)?,
                 },
             ))
         },

@@ -47,6 +47,7 @@ fn checkpoint(size: u64) -> CheckpointRow {
         key_id: format!("key-{size}"),
         signature: vec![0xaa, size as u8],
         frontier: vec![0xbb, size as u8],
+        batch: Vec::new(),
     }
 }
 

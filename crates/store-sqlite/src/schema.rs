@@ -190,7 +190,8 @@ BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
 /// filters on the log (through `audit_blocks_at`), except the offline verifier's scans across
 /// every log (`audit::scan`, `audit::logs`), reached only through the operator-only
 /// `unscoped_audit_*` port methods.
-pub(crate) const AUDIT_MIGRATIONS: &[&str] = &[r"
+pub(crate) const AUDIT_MIGRATIONS: &[&str] = &[
+    r"
 -- A log's entries in blocks (crates/store-sqlite/src/audit.rs): up to 1024 consecutive entries
 -- of one log per row, each entry its body's length (u32, big-endian), its body and its leaf
 -- hash. Rows are appended in placement order; the index finds a log's blocks in order.
@@ -226,7 +227,13 @@ CREATE TABLE audit_state (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
-"];
+",
+    r"
+-- A checkpoint signed in a batch: its slot, the batch's width and its audit path to the signed
+-- root (bulkhead_audit::checkpoint::BatchPath); empty for one signed alone.
+ALTER TABLE audit_checkpoints ADD COLUMN batch BLOB NOT NULL DEFAULT x'';
+",
+];
 
 /// The writer: WAL, and every commit fsync'd before it is acknowledged.
 pub(crate) fn configure_writer(c: &Connection) -> rusqlite::Result<()> {

@@ -123,32 +123,27 @@ impl Harness for Sqlite {
             }
             AuditTamper::Swap { a, b } => entries.swap((a - first) as usize, (b - first) as usize),
             AuditTamper::TruncateFrom { seq } => entries.truncate((seq - first) as usize),
-            AuditTamper::FlipSignature { .. } => {}
+            AuditTamper::FlipSignature { .. } | AuditTamper::FlipBatchPath { .. } => {}
         }
-        if !matches!(tamper, AuditTamper::FlipSignature { .. }) {
+        let Some((size, column, byte)) = tamper.checkpoint_change() else {
             write_log(&c, &id, first, &entries);
-        }
-        #[allow(clippy::single_match, reason = "the entry edits are above")]
-        match tamper {
-            AuditTamper::FlipSignature { size } => {
-                let mut sig: Vec<u8> = c
-                    .query_row(
-                        "SELECT signature FROM audit_checkpoints WHERE log = ?1 AND size = ?2",
-                        params![id.as_slice(), size as i64],
-                        |r| r.get(0),
-                    )
-                    .unwrap();
-                sig[0] ^= 1;
-                let n = c
-                    .execute(
-                        "UPDATE audit_checkpoints SET signature = ?3 WHERE log = ?1 AND size = ?2",
-                        params![id.as_slice(), size as i64, sig],
-                    )
-                    .unwrap();
-                assert_eq!(n, 1);
-            }
-            _ => {}
-        }
+            return;
+        };
+        let mut value: Vec<u8> = c
+            .query_row(
+                &format!("SELECT {column} FROM audit_checkpoints WHERE log = ?1 AND size = ?2"),
+                params![id.as_slice(), size as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        value[byte] ^= 1;
+        let n = c
+            .execute(
+                &format!("UPDATE audit_checkpoints SET {column} = ?3 WHERE log = ?1 AND size = ?2"),
+                params![id.as_slice(), size as i64, value],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
     }
 }
 

@@ -65,6 +65,20 @@ pub enum AuditTamper {
     TruncateFrom { seq: u64 },
     /// Flips one bit of the signature of the checkpoint of `size` entries.
     FlipSignature { size: u64 },
+    /// Flips one bit of the first hash of the batch path of the checkpoint of `size` entries.
+    FlipBatchPath { size: u64 },
+}
+
+impl AuditTamper {
+    /// For a change to a stored checkpoint: its size, the column changed and which byte of it.
+    pub fn checkpoint_change(self) -> Option<(u64, &'static str, usize)> {
+        match self {
+            AuditTamper::FlipSignature { size } => Some((size, "signature", 0)),
+            // Past the slot and the width (8 bytes each).
+            AuditTamper::FlipBatchPath { size } => Some((size, "batch", 16)),
+            _ => None,
+        }
+    }
 }
 
 /// A store over a fresh backend, and a way to get verified contexts for new tenants.
@@ -1675,6 +1689,77 @@ pub async fn audit_verify_all_names_the_first_failure<H: Harness>() {
     );
 }
 
+/// The checkpointer signs a round's checkpoints as one batch: one signature, each checkpoint
+/// with its own path, each verifying alone (the positive twin) and only for its own log; a
+/// tampered signature or path of one log's checkpoint is named although the genuine batch
+/// signature was already checked for the logs before it.
+pub async fn audit_rounds_share_one_signature<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let audit = env.store.audit();
+    let key = audit.public_key().clone();
+    let mut tenants = Vec::new();
+    for _ in 0..3 {
+        let t = env.tenant(&[Role::Admin]).await;
+        with_users(&env, &t).await;
+        add_users(&env.store.tenant(&t).await.unwrap(), 0..2).await;
+        tenants.push(t);
+    }
+    tenants.sort_by_key(|t| LogId::Tenant(t.tenant()).to_bytes());
+    let logs: Vec<LogId> = tenants.iter().map(|t| LogId::Tenant(t.tenant())).collect();
+    assert_eq!(audit.checkpoint_logs(logs.clone()).await, 3);
+    let mut cps = Vec::new();
+    for t in &tenants {
+        let scope = env.store.tenant_audit(t);
+        let cp = audit.latest_checkpoint(&scope).await.unwrap();
+        key.verify(&cp).unwrap();
+        let p = audit
+            .inclusion(&scope, 1, cp.checkpoint.size)
+            .await
+            .unwrap();
+        assert_eq!(p.checkpoint, cp.to_json());
+        verify_inclusion_json(&p, &key, Some(LogId::Tenant(t.tenant()))).unwrap();
+        cps.push((p, cp));
+    }
+    let (p0, c0) = &cps[0];
+    let (_, c1) = &cps[1];
+    // One signature over one root; distinct slots; the width says nothing of the count.
+    assert_eq!(c0.signature, c1.signature);
+    assert_eq!(c0.batch_root(), c1.batch_root());
+    let (b0, b1) = (c0.batch.as_ref().unwrap(), c1.batch.as_ref().unwrap());
+    assert_ne!(b0.index, b1.index);
+    assert_eq!(b0.width, bulkhead_audit::checkpoint::BATCH_WIDTH as u64);
+    // Tenant 0's proof never verifies against tenant 1's checkpoint, signed with it.
+    let mut other = p0.clone();
+    other.checkpoint = c1.to_json();
+    assert!(verify_inclusion_json(&other, &key, Some(logs[0])).is_err());
+    other.log = logs[1].to_string();
+    assert!(verify_inclusion_json(&other, &key, None).is_err());
+    verify_every_log(&env, &key, &logs).await.unwrap();
+    for tamper in [
+        AuditTamper::FlipBatchPath {
+            size: cps[2].1.checkpoint.size,
+        },
+        AuditTamper::FlipSignature {
+            size: cps[2].1.checkpoint.size,
+        },
+    ] {
+        let env = &env;
+        env.harness.raw_audit_tamper(logs[2], tamper).await;
+        let err = verify_every_log(env, &key, &logs).await.unwrap_err();
+        assert_eq!(
+            (err.log, err.at),
+            (
+                logs[2].to_string(),
+                format!("checkpoint {}", cps[2].1.checkpoint.size)
+            ),
+            "{tamper:?}"
+        );
+        // Undone: it verifies again.
+        env.harness.raw_audit_tamper(logs[2], tamper).await;
+        verify_every_log(env, &key, &logs).await.unwrap();
+    }
+}
+
 pub async fn audit_tampering_is_detected<H: Harness>() {
     let cases = [
         (AuditTamper::FlipBodyByte { seq: 2 }, "entry 2"),
@@ -1683,6 +1768,8 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
         (AuditTamper::TruncateFrom { seq: 4 }, "entry 4"),
         (AuditTamper::FlipSignature { size: 6 }, "checkpoint 6"),
         (AuditTamper::FlipSignature { size: 3 }, "checkpoint 3"),
+        (AuditTamper::FlipBatchPath { size: 6 }, "checkpoint 6"),
+        (AuditTamper::FlipBatchPath { size: 3 }, "checkpoint 3"),
     ];
     for (tamper, at) in cases {
         let env = Env::<H>::new().await;
@@ -1734,14 +1821,14 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
             AuditTamper::FlipBodyByte { seq } | AuditTamper::Delete { seq } => seq,
             AuditTamper::Swap { a, .. } => a,
             AuditTamper::TruncateFrom { seq } => seq,
-            AuditTamper::FlipSignature { size } => size - 1,
+            AuditTamper::FlipSignature { size } | AuditTamper::FlipBatchPath { size } => size - 1,
         };
-        let size = match tamper {
-            AuditTamper::FlipSignature { size } => size,
-            _ => 6,
-        };
+        let size = tamper.checkpoint_change().map_or(6, |(size, _, _)| size);
         assert!(!proven(bad_seq, size).await, "{tamper:?}");
-        if let AuditTamper::FlipSignature { size: 3 } = tamper {
+        if tamper
+            .checkpoint_change()
+            .is_some_and(|(size, _, _)| size == 3)
+        {
             let c = audit.consistency(&scope, 3, 6).await.unwrap();
             assert!(verify_consistency_json(&c, &key, Some(log)).is_err());
         }
@@ -1869,6 +1956,7 @@ macro_rules! contract_suite {
             audit_logs_are_per_tenant,
             audit_tampering_is_detected,
             audit_verify_all_names_the_first_failure,
+            audit_rounds_share_one_signature,
             audit_retention_keeps_the_log_verifiable,
             audit_offboarding_keeps_the_log,
             policy_versions_are_scoped,

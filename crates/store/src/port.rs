@@ -396,6 +396,9 @@ pub struct CheckpointRow {
     pub key_id: String,
     pub signature: Vec<u8>,
     pub frontier: Vec<u8>,
+    /// Where the checkpoint sits in the batch its signature covers
+    /// ([`bulkhead_audit::checkpoint::BatchPath::to_bytes`]); empty: signed alone.
+    pub batch: Vec<u8>,
 }
 
 /// Audit logs: one per tenant and one for the operator plane. Append-only through this port:

@@ -412,26 +412,29 @@ impl<const POOL: usize, const DELAY_MS: u64> Harness for Pg<POOL, DELAY_MS> {
                     .unwrap();
                 assert!(n > 0);
             }
-            AuditTamper::FlipSignature { size } => {
+            AuditTamper::FlipSignature { .. } | AuditTamper::FlipBatchPath { .. } => {
+                let Some((size, column, byte)) = tamper.checkpoint_change() else {
+                    return;
+                };
                 let r = self
                     .admin
                     .query_one(
                         &format!(
-                            "SELECT signature FROM {checkpoints} WHERE tenant_id = $1 AND size = $2"
+                            "SELECT {column} FROM {checkpoints} WHERE tenant_id = $1 AND size = $2"
                         ),
                         &[&id, &(size as i64)],
                     )
                     .await
                     .unwrap();
-                let mut sig: Vec<u8> = r.get(0);
-                sig[0] ^= 1;
+                let mut value: Vec<u8> = r.get(0);
+                value[byte] ^= 1;
                 let n = self
                     .admin
                     .execute(
                         &format!(
-                            "UPDATE {checkpoints} SET signature = $3 WHERE tenant_id = $1 AND size = $2"
+                            "UPDATE {checkpoints} SET {column} = $3 WHERE tenant_id = $1 AND size = $2"
                         ),
-                        &[&id, &(size as i64), &sig],
+                        &[&id, &(size as i64), &value],
                     )
                     .await
                     .unwrap();
