@@ -236,6 +236,31 @@ async fn sqlite_verify_and_tamper() {
         out.contains(&format!("log `{tenant}`")) && out.contains("entry 2"),
         "{out}"
     );
+
+    // ... then breaks the block itself: entry 2's length now runs past the block's end. Both
+    // `--all` and `--tenant` name entry 2 (not a storage error), and report the damage.
+    bytes[at..at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let db = rusqlite::Connection::open(bulkhead_store_sqlite::audit_database_path(&data)).unwrap();
+    db.execute(
+        "UPDATE audit_blocks SET entries = ?2 WHERE id = ?1",
+        rusqlite::params![rowid, bytes],
+    )
+    .unwrap();
+    drop(db);
+    for args in [
+        vec!["audit", "verify", "--all", "--data-dir", &d],
+        vec!["audit", "verify", "--tenant", &tenant, "--data-dir", &d],
+    ] {
+        let bad = run(&args, &[]);
+        assert!(!bad.status.success());
+        let out = text(&bad);
+        assert!(
+            out.contains(&format!("log `{tenant}`"))
+                && out.contains("entry 2")
+                && out.contains("damaged"),
+            "{args:?}: {out}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

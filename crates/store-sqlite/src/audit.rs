@@ -79,6 +79,48 @@ fn block_entries(bytes: &[u8], count: u64) -> rusqlite::Result<Vec<(&[u8], [u8; 
     block::entries_exact(bytes, count).map_err(block_error)
 }
 
+/// A block of a log that does not read back: the first position it cannot give.
+/// [`crate::sql::map`] turns it into [`BackendError::AuditDamaged`].
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub(crate) struct DamagedBlock {
+    pub(crate) at: u64,
+    pub(crate) what: String,
+}
+
+/// The entries of the block starting at `first` that holds `count` of them, handed to `f` in
+/// order while it returns `true`; the entries before a damaged place are handed out first, and
+/// the damage is then reported at its position. Returns whether `f` wants more.
+fn each_in_block(
+    bytes: &[u8],
+    first: u64,
+    count: u64,
+    f: &mut impl FnMut(u64, &[u8], &[u8; 32]) -> bool,
+) -> rusqlite::Result<bool> {
+    let damaged = |at, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            2,
+            rusqlite::types::Type::Blob,
+            Box::new(DamagedBlock { at, what }),
+        )
+    };
+    for (seq, e) in (first..first.saturating_add(count)).zip(block::entries(bytes)) {
+        let (_, body, leaf) =
+            e.map_err(|e| damaged(seq, format!("its stored block is damaged: {e}")))?;
+        if !f(seq, body, &leaf) {
+            return Ok(false);
+        }
+    }
+    let found = block::entries(bytes).count() as u64;
+    if found != count {
+        return Err(damaged(
+            first + found.min(count),
+            format!("its block says {count} entries but holds {found}"),
+        ));
+    }
+    Ok(true)
+}
+
 /// Stores a block of the log's entries starting at `first`.
 pub(crate) fn put_block(
     c: &Connection,
@@ -113,13 +155,12 @@ fn each_entry(
          ORDER BY first",
     )?;
     let mut rows = st.query(params![log.to_bytes().as_slice(), to_i64(from)?])?;
+    let mut wanted = |seq, body: &[u8], leaf: &[u8; 32]| seq < from || f(seq, body, leaf);
     while let Some(r) = rows.next()? {
         let first = to_u64(r.get(0)?)?;
         let count = to_u64(r.get(1)?)?;
-        for (seq, (body, leaf)) in (first..).zip(block_entries(r.get_ref(2)?.as_blob()?, count)?) {
-            if seq >= from && !f(seq, body, &leaf) {
-                return Ok(());
-            }
+        if !each_in_block(r.get_ref(2)?.as_blob()?, first, count, &mut wanted)? {
+            return Ok(());
         }
     }
     Ok(())

@@ -18,6 +18,14 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 /// Maps a driver error to the port's classes.
 pub(crate) fn map(e: rusqlite::Error) -> BackendError {
     use rusqlite::ErrorCode;
+    if let rusqlite::Error::FromSqlConversionFailure(_, _, inner) = &e
+        && let Some(d) = inner.downcast_ref::<crate::audit::DamagedBlock>()
+    {
+        return BackendError::AuditDamaged {
+            at: d.at,
+            what: d.what.clone(),
+        };
+    }
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
             ErrorCode::DatabaseBusy

@@ -906,10 +906,17 @@ pub async fn verify_log(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, VerifyFailure> {
     let scope = &AuditScope::new(log);
-    let storage = |e: crate::BackendError| VerifyFailure {
-        log: log.to_string(),
-        at: "storage".into(),
-        what: e.to_string(),
+    let storage = |e: crate::BackendError| match e {
+        crate::BackendError::AuditDamaged { at, what } => VerifyFailure {
+            log: log.to_string(),
+            at: format!("entry {at}"),
+            what,
+        },
+        e => VerifyFailure {
+            log: log.to_string(),
+            at: "storage".into(),
+            what: e.to_string(),
+        },
     };
     // Where the stored entries start (retention may have pruned a prefix).
     let first = backend
@@ -940,10 +947,30 @@ pub async fn verify_log(
     let mut check = LogCheck::start(log, first, checkpoints)?;
     let mut from = check.range.size();
     let outcome = loop {
-        let rows = backend
-            .audit_entries(scope, from, CHUNK)
-            .await
-            .map_err(storage)?;
+        let rows = match backend.audit_entries(scope, from, CHUNK).await {
+            Ok(rows) => rows,
+            // Damaged storage at `at`: the entries before it are checked first (a checkpoint
+            // among them may fail before), then the damage is named.
+            Err(crate::BackendError::AuditDamaged { at, what }) => {
+                let before = usize::try_from(at.saturating_sub(from)).unwrap_or(usize::MAX);
+                let rows = if before > 0 {
+                    backend
+                        .audit_entries(scope, from, before)
+                        .await
+                        .map_err(storage)?
+                } else {
+                    Vec::new()
+                };
+                if let Err(f) = rows
+                    .iter()
+                    .try_for_each(|r| check.push(r.seq, &r.body, &r.leaf))
+                {
+                    break Err(f);
+                }
+                break Err(check.fail(format!("entry {at}"), what));
+            }
+            Err(e) => return Err(storage(e)),
+        };
         let Some(last) = rows.last() else {
             break Ok(());
         };

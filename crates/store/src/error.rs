@@ -17,6 +17,10 @@ pub enum BackendError {
     /// Anything else: a bug or corruption. Logged, never sent to a client.
     #[error("storage error: {0}")]
     Other(String),
+    /// An audit log's stored entries do not read back from position `at` on (a damaged block
+    /// on the embedded storage): corruption, named by position for `bulkhead audit verify`.
+    #[error("stored audit entries are damaged from entry {at}: {what}")]
+    AuditDamaged { at: u64, what: String },
 }
 
 /// What the store service reports. Every variant maps to one HTTP problem type at the edge.
@@ -68,6 +72,7 @@ impl From<BackendError> for StoreError {
             // A conflict a caller did not expect is a bug, not something to show a client.
             BackendError::Conflict(m) => StoreError::Internal(format!("unexpected conflict: {m}")),
             BackendError::Other(m) => StoreError::Internal(m),
+            e @ BackendError::AuditDamaged { .. } => StoreError::Integrity(e.to_string()),
         }
     }
 }

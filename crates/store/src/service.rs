@@ -149,6 +149,9 @@ pub struct Store {
     /// Every tier in force: configuration, overlaid with the operator's tiers from the
     /// database. Replaced whole on refresh, so a reader never sees half an update.
     tiers: parking_lot::RwLock<Arc<BTreeMap<String, TierLimits>>>,
+    /// Held by a tier refresh from its read to its store, so that a refresh which read the
+    /// tiers before a change committed cannot overwrite the one after it.
+    tiers_refresh: tokio::sync::Mutex<()>,
     /// Recently read storage usage per tenant, for quota checks (see [`USAGE_TTL`]).
     usage: quick_cache::sync::Cache<TenantId, (Usage, Instant)>,
     /// When the change feed last reported a change of each tenant: what was cached for the
@@ -210,6 +213,7 @@ impl Store {
             audit,
             collections: quick_cache::sync::Cache::new(cap),
             tiers: parking_lot::RwLock::new(Arc::new(cfg.tiers.clone())),
+            tiers_refresh: tokio::sync::Mutex::new(()),
             usage: quick_cache::sync::Cache::new(cap),
             changed,
             cfg,
@@ -248,6 +252,7 @@ impl Store {
     /// Re-reads the operator's tiers from the database. Called periodically, so a tier changed
     /// on another instance applies here within the refresh period.
     pub async fn refresh_tiers(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.tiers_refresh.lock().await;
         let rows = self.registry.tiers().await?;
         let mut all = self.cfg.tiers.clone();
         for row in rows {
