@@ -210,15 +210,23 @@ impl AuditKey {
     ) -> Vec<SignedCheckpoint> {
         let mut out = Vec::with_capacity(checkpoints.len());
         for chunk in checkpoints.chunks(BATCH_WIDTH) {
+            // The batch's randomness in one draw: the padding leaves, then 8 bytes per slot
+            // drawn.
+            let mut random = vec![0u8; 32 * BATCH_WIDTH + 8 * chunk.len()];
+            rng.fill_bytes(&mut random);
+            let (padding, draws) = random.split_at(32 * BATCH_WIDTH);
             // Random slots: a partial Fisher–Yates shuffle of 0..width.
             let mut slots: Vec<usize> = (0..BATCH_WIDTH).collect();
-            for i in 0..chunk.len() {
+            for (i, draw) in draws.chunks_exact(8).enumerate() {
+                let draw = u64::from_le_bytes(<[u8; 8]>::try_from(draw).unwrap_or_default());
                 let left = (BATCH_WIDTH - i) as u64;
-                let j = i + usize::try_from(rng.next_u64() % left).unwrap_or(0);
+                let j = i + usize::try_from(draw % left).unwrap_or(0);
                 slots.swap(i, j);
             }
-            let mut leaves = vec![[0u8; 32]; BATCH_WIDTH];
-            leaves.iter_mut().for_each(|l| rng.fill_bytes(l));
+            let mut leaves: Vec<Hash> = padding
+                .chunks_exact(32)
+                .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+                .collect();
             for (cp, slot) in chunk.iter().zip(&slots) {
                 if let Some(l) = leaves.get_mut(*slot) {
                     *l = cp.batch_leaf();
