@@ -137,18 +137,6 @@ pub struct SignedCheckpoint {
 }
 
 impl SignedCheckpoint {
-    /// The bytes the signature is over; `None` if the batch path does not fit its slot and
-    /// width.
-    pub fn signed_message(&self) -> Option<String> {
-        match &self.batch {
-            None => Some(self.checkpoint.signed_text()),
-            Some(b) => {
-                let root = self.batch_root()?;
-                Some(batch_text(b.width, &root))
-            }
-        }
-    }
-
     /// The root of the batch it was signed in (`None`: signed alone, or a path that does not
     /// fit).
     pub fn batch_root(&self) -> Option<Hash> {
@@ -282,14 +270,7 @@ impl AuditPublicKey {
     /// Checks a checkpoint's signature (strictly: no malleable or small-order signatures),
     /// over its own text or over the batch root its path leads to.
     pub fn verify(&self, cp: &SignedCheckpoint) -> Result<(), VerifyError> {
-        if cp.key_id != self.key_id {
-            return Err(VerifyError::UnknownKey(cp.key_id.clone()));
-        }
-        let message = cp.signed_message().ok_or(VerifyError::BadSignature)?;
-        let sig = Signature::from_bytes(&cp.signature);
-        self.key
-            .verify_strict(message.as_bytes(), &sig)
-            .map_err(|_| VerifyError::BadSignature)
+        self.verify_cached(cp, &mut SignatureCache::default())
     }
 
     /// [`AuditPublicKey::verify`], checking each batch's signature once: a checkpoint whose
@@ -303,21 +284,20 @@ impl AuditPublicKey {
         if cp.key_id != self.key_id {
             return Err(VerifyError::UnknownKey(cp.key_id.clone()));
         }
+        let strict = |message: &str| {
+            self.key
+                .verify_strict(message.as_bytes(), &Signature::from_bytes(&cp.signature))
+                .map_err(|_| VerifyError::BadSignature)
+        };
         let Some(b) = &cp.batch else {
-            return self.verify(cp);
+            return strict(&cp.checkpoint.signed_text());
         };
         let root = cp.batch_root().ok_or(VerifyError::BadSignature)?;
         let seen = (b.width, root, cp.signature);
-        if cache.seen.contains(&seen) {
-            return Ok(());
+        if !cache.seen.contains(&seen) {
+            strict(&batch_text(b.width, &root))?;
+            cache.seen.insert(seen);
         }
-        self.key
-            .verify_strict(
-                batch_text(b.width, &root).as_bytes(),
-                &Signature::from_bytes(&cp.signature),
-            )
-            .map_err(|_| VerifyError::BadSignature)?;
-        cache.seen.insert(seen);
         Ok(())
     }
 

@@ -104,14 +104,16 @@ fn each_in_block(
             Box::new(DamagedBlock { at, what }),
         )
     };
-    for (seq, e) in (first..first.saturating_add(count)).zip(block::entries(bytes)) {
+    // One pass: entries past `count` are parsed (to count them and catch damage), not handed out.
+    let mut found = 0;
+    for (i, e) in (0u64..).zip(block::entries(bytes)) {
         let (_, body, leaf) =
-            e.map_err(|e| damaged(seq, format!("its stored block is damaged: {e}")))?;
-        if !f(seq, body, &leaf) {
+            e.map_err(|e| damaged(first + i, format!("its stored block is damaged: {e}")))?;
+        found = i + 1;
+        if i < count && !f(first + i, body, &leaf) {
             return Ok(false);
         }
     }
-    let found = block::entries(bytes).count() as u64;
     if found != count {
         return Err(damaged(
             first + found.min(count),

@@ -310,14 +310,29 @@ impl Audit {
         let Some((cp, frontier)) = self.next_checkpoint(scope, size).await? else {
             return Ok(None);
         };
-        let mut signed = self.key.sign_batch(&[cp], &mut rand_core::OsRng);
-        let signed = signed
+        let signed = self
+            .sign_and_store(vec![(*scope, cp, frontier)])
+            .await?
             .pop()
             .ok_or_else(|| StoreError::Internal("a signed batch came back empty".into()))?;
-        self.backend
-            .audit_put_checkpoints(&[(*scope, to_row(&signed, frontier))])
-            .await?;
         Ok(Some(signed))
+    }
+
+    /// Signs the logs' next checkpoints (each with its tree's frontier) as one batch and
+    /// stores them in one durable write.
+    async fn sign_and_store(
+        &self,
+        next: Vec<(AuditScope, Checkpoint, Vec<u8>)>,
+    ) -> Result<Vec<SignedCheckpoint>, StoreError> {
+        let cps: Vec<Checkpoint> = next.iter().map(|(_, cp, _)| *cp).collect();
+        let signed = self.key.sign_batch(&cps, &mut rand_core::OsRng);
+        let rows: Vec<(AuditScope, CheckpointRow)> = next
+            .into_iter()
+            .zip(&signed)
+            .map(|((scope, _, frontier), s)| (scope, to_row(s, frontier)))
+            .collect();
+        self.backend.audit_put_checkpoints(&rows).await?;
+        Ok(signed)
     }
 
     /// The checkpoint of the log's first `size` entries (placed), to be signed, with the
@@ -434,7 +449,7 @@ impl Audit {
             let mut next = Vec::with_capacity(scopes.len());
             for (scope, size) in scopes.iter().zip(sizes) {
                 match self.next_checkpoint(scope, size).await {
-                    Ok(Some(cp)) => next.push((*scope, cp)),
+                    Ok(Some((cp, frontier))) => next.push((*scope, cp, frontier)),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::error!(log = %scope.log(), error = %e, "audit: cannot checkpoint");
@@ -445,18 +460,12 @@ impl Audit {
             if next.is_empty() {
                 continue;
             }
-            let cps: Vec<Checkpoint> = next.iter().map(|(_, (cp, _))| *cp).collect();
-            let batch = self.key.sign_batch(&cps, &mut rand_core::OsRng);
-            let rows: Vec<(AuditScope, CheckpointRow)> = next
-                .into_iter()
-                .zip(&batch)
-                .map(|((scope, (_, frontier)), s)| (scope, to_row(s, frontier)))
-                .collect();
-            match self.backend.audit_put_checkpoints(&rows).await {
-                Ok(()) => signed += rows.len(),
+            let logs: Vec<LogId> = next.iter().map(|(scope, _, _)| scope.log()).collect();
+            match self.sign_and_store(next).await {
+                Ok(done) => signed += done.len(),
                 Err(e) => {
-                    tracing::error!(logs = rows.len(), error = %e, "audit: cannot store checkpoints");
-                    rows.iter().for_each(|(s, _)| self.mark(s.log()));
+                    tracing::error!(logs = logs.len(), error = %e, "audit: cannot store checkpoints");
+                    logs.iter().for_each(|l| self.mark(*l));
                 }
             }
         }
@@ -1006,6 +1015,15 @@ const SIGNATURE_COST: u64 = 30;
 /// batch's one signature shared among its checkpoints.
 const BATCHED_COST: u64 = 2;
 
+/// What checking `cp` costs, in entries hashed.
+fn checkpoint_cost(cp: &CheckpointRow) -> u64 {
+    if cp.batch.is_empty() {
+        SIGNATURE_COST
+    } else {
+        BATCHED_COST
+    }
+}
+
 /// Entries (and checkpoints) read per storage round trip by [`verify_all`].
 const SCAN_CHUNK: usize = 2_048;
 /// A failure, with the log it is in (failures are reported in log order).
@@ -1209,17 +1227,9 @@ pub async fn verify_all(
     let weighed: Vec<(LogId, u64)> = logs
         .iter()
         .map(|(l, n)| {
-            let sigs: u64 = cps.get(&l.to_bytes()).map_or(0, |list| {
-                list.iter()
-                    .map(|cp| {
-                        if cp.batch.is_empty() {
-                            SIGNATURE_COST
-                        } else {
-                            BATCHED_COST
-                        }
-                    })
-                    .sum()
-            });
+            let sigs: u64 = cps
+                .get(&l.to_bytes())
+                .map_or(0, |list| list.iter().map(checkpoint_cost).sum());
             (*l, n + sigs)
         })
         .collect();
