@@ -18,7 +18,6 @@
 
 use bulkhead_core::{TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::merkle::Hash;
 
@@ -353,6 +352,7 @@ impl Reader<'_> {
 }
 
 /// The entry header: magic, log, sequence number.
+#[inline]
 pub fn header(log: LogId, seq: u64) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     let (magic, rest) = h.split_at_mut(4);
@@ -373,12 +373,9 @@ pub fn entry_bytes(log: LogId, seq: u64, body: &[u8]) -> Vec<u8> {
 
 /// The leaf hash of the entry at `seq` of `log` with `body`: `SHA-256(0x00 || entry)`, without
 /// copying the body.
+#[inline]
 pub fn entry_leaf(log: LogId, seq: u64, body: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x00]);
-    h.update(header(log, seq));
-    h.update(body);
-    h.finalize().into()
+    crate::sha::digest(&[&[0x00], &header(log, seq), body])
 }
 
 /// Splits whole entry bytes into log, sequence number and body.

@@ -8,6 +8,7 @@
 //!   compact range that extends a tree's root in O(log n) memory.
 //! - [`block`]: consecutive entries of one log with their leaf hashes in one byte string (how
 //!   the embedded storage keeps logs, and how the offline verifier reads them).
+//! - [`sha`]: SHA-256 of those short messages through the bare compression function.
 //! - [`checkpoint`]: the signed statement "log L had size N and root R at time T", signed with
 //!   the server's Ed25519 audit key, and the JSON forms of checkpoints and proofs that a
 //!   verifier checks with nothing but the server's public key.
@@ -20,6 +21,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
+pub mod sha;
 
 pub use checkpoint::{AuditKey, AuditPublicKey, Checkpoint, SignedCheckpoint};
 pub use entry::{Actor, ActorKind, EntryBody, LogId, Outcome};

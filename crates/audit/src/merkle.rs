@@ -17,20 +17,15 @@ pub fn empty_root() -> Hash {
 }
 
 /// `SHA-256(0x00 || entry)`.
+#[inline]
 pub fn leaf_hash(entry: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x00]);
-    h.update(entry);
-    h.finalize().into()
+    crate::sha::digest(&[&[0x00], entry])
 }
 
 /// `SHA-256(0x01 || left || right)`.
+#[inline]
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut h = Sha256::new();
-    h.update([0x01]);
-    h.update(left);
-    h.update(right);
-    h.finalize().into()
+    crate::sha::pair(0x01, left, right)
 }
 
 /// The root of the tree whose leaf hashes are `leaves` (RFC 6962 MTH).

@@ -18,7 +18,8 @@ use bulkhead_store::audit::{VerifyFailure, VerifyReport, verify_all, verify_log}
 use bulkhead_store::{RecordBackend, Registry};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+// The same SHA-256 implementation as the verifier's.
+use bulkhead_audit::sha::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::config::Config;
