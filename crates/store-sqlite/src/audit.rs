@@ -14,8 +14,9 @@ use bulkhead_audit::LogId;
 use bulkhead_audit::block;
 use bulkhead_audit::entry::entry_leaf;
 use bulkhead_store::BackendError;
-use bulkhead_store::port::{AuditRow, AuditScanBlock, AuditScanChunk, CheckpointRow};
+use bulkhead_store::port::{AuditBlockRef, AuditRow, AuditScanItem, CheckpointRow};
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::ops::ControlFlow;
 
 use crate::Pool;
 use crate::journal::Journal;
@@ -396,14 +397,19 @@ pub(crate) fn put_checkpoint(
 const CHECKPOINT_COLUMNS: &str = "size, root, time_us, key_id, signature, frontier, batch";
 
 fn checkpoint_of(r: &Row<'_>) -> rusqlite::Result<CheckpointRow> {
+    checkpoint_at(r, 0)
+}
+
+/// The checkpoint in [`CHECKPOINT_COLUMNS`] from column `at` on.
+fn checkpoint_at(r: &Row<'_>, at: usize) -> rusqlite::Result<CheckpointRow> {
     Ok(CheckpointRow {
-        size: to_u64(r.get(0)?)?,
-        root: hash(r.get(1)?)?,
-        time_us: r.get(2)?,
-        key_id: r.get(3)?,
-        signature: r.get(4)?,
-        frontier: r.get(5)?,
-        batch: r.get(6)?,
+        size: to_u64(r.get(at)?)?,
+        root: hash(r.get(at + 1)?)?,
+        time_us: r.get(at + 2)?,
+        key_id: r.get(at + 3)?,
+        signature: r.get(at + 4)?,
+        frontier: r.get(at + 5)?,
+        batch: r.get(at + 6)?,
     })
 }
 
@@ -495,103 +501,87 @@ fn log_of(b: &[u8]) -> rusqlite::Result<LogId> {
         .map_err(|_| bad("log"))
 }
 
-/// Entries of every log after `after`, in `(log, seq)` order, whole blocks until at least
-/// `limit` entries, in `out`'s buffers (emptied first): each block's bytes are copied once,
-/// straight from the database.
-pub(crate) fn scan(
+/// Hands `visit` the checkpoints of the logs from `from` to below `until`, in `(log, size)`
+/// order, then their blocks, in `(log, first)` order, until it says `Break`. Each block's
+/// bytes are copied once, straight from the database into one reused buffer (one blob handle,
+/// moved from row to row), and visited while they are still in cache.
+pub(crate) fn visit(
     c: &Connection,
-    after: Option<(LogId, u64)>,
+    from: Option<LogId>,
     until: Option<LogId>,
-    limit: usize,
-    mut out: AuditScanChunk,
-) -> rusqlite::Result<AuditScanChunk> {
-    out.blocks.clear();
-    // `out.bytes` keeps its length from earlier chunks: blocks overwrite it from the start, so
-    // it is zeroed only where it grows. What lies past the last block's end is unused.
-    let mut used = 0usize;
-    let mut entries = 0u64;
-    let (log, first) = match after {
-        // A position past what a row can hold: after every entry of that log.
-        Some((l, s)) => (l.to_bytes().to_vec(), i64::try_from(s).unwrap_or(i64::MAX)),
-        // Below every log id and position.
-        None => (Vec::new(), -1),
-    };
-    // Above every log id.
+    visit: &mut dyn FnMut(AuditScanItem<'_>) -> ControlFlow<()>,
+) -> rusqlite::Result<()> {
+    // Below every log id / above every log id.
+    let from = from.map_or_else(Vec::new, |l| l.to_bytes().to_vec());
     let until = until.map_or_else(|| vec![0xff; 17], |l| l.to_bytes().to_vec());
+    let mut st = c.prepare_cached(&format!(
+        "SELECT log, {CHECKPOINT_COLUMNS} FROM audit_checkpoints
+         WHERE log >= ?1 AND log < ?2 ORDER BY log, size"
+    ))?;
+    let mut rows = st.query(params![from, until])?;
+    while let Some(r) = rows.next()? {
+        let log = log_of(r.get_ref(0)?.as_blob()?)?;
+        if visit(AuditScanItem::Checkpoint(log, checkpoint_at(r, 1)?)).is_break() {
+            return Ok(());
+        }
+    }
     let mut st = c.prepare_cached(
-        "SELECT id, log, first, count, length(entries) FROM audit_blocks
-         WHERE (log, first) > (?1, ?2) AND log < ?3 ORDER BY log, first",
+        "SELECT id, log, first, count FROM audit_blocks
+         WHERE log >= ?1 AND log < ?2 ORDER BY log, first",
     )?;
-    let mut rows = st.query(params![log, first, until])?;
-    while entries < limit as u64 {
-        let Some(r) = rows.next()? else { break };
+    let mut rows = st.query(params![from, until])?;
+    let mut buf = Vec::new();
+    let mut blob: Option<rusqlite::blob::Blob<'_>> = None;
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
         let log = log_of(r.get_ref(1)?.as_blob()?)?;
         let first = to_u64(r.get(2)?)?;
         let count = to_u64(r.get(3)?)?;
-        let len = usize::try_from(r.get::<_, i64>(4)?).map_err(|_| bad("block"))?;
-        // The block's bytes straight into the chunk (one copy, no allocation per block).
-        let base = used;
-        let end = base.checked_add(len).ok_or_else(|| bad("block"))?;
-        if out.bytes.len() < end {
-            out.bytes.resize(end, 0);
+        let b = match blob.as_mut() {
+            Some(b) => {
+                b.reopen(id)?;
+                b
+            }
+            None => blob.insert(c.blob_open("main", "audit_blocks", "entries", id, true)?),
+        };
+        let len = b.len();
+        if buf.len() < len {
+            buf.resize(len, 0);
         }
-        let into = out.bytes.get_mut(base..end).ok_or_else(|| bad("block"))?;
-        used = end;
-        c.blob_open("main", "audit_blocks", "entries", r.get(0)?, true)?
-            .read_at_exact(into, 0)?;
-        out.blocks.push(AuditScanBlock {
+        let bytes = buf.get_mut(..len).ok_or_else(|| bad("block"))?;
+        b.read_at_exact(bytes, 0)?;
+        if visit(AuditScanItem::Block(AuditBlockRef {
             log,
             first,
             count,
-            start: base,
-            end,
-        });
-        entries += count;
+            bytes,
+        }))
+        .is_break()
+        {
+            break;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
-/// Every log with stored entries, in order, and how many it has.
+/// Every log with stored entries, in order, and about how many it has, from the index alone:
+/// the span between its first and last block's starts, and the last block at the log's
+/// average block length; a log of one block counts as [`ESTIMATED_BLOCK`] entries.
 pub(crate) fn logs(c: &Connection) -> rusqlite::Result<Vec<(LogId, u64)>> {
-    let mut st =
-        c.prepare_cached("SELECT log, sum(count) FROM audit_blocks GROUP BY log ORDER BY log")?;
+    let mut st = c.prepare_cached(
+        "SELECT log, min(first), max(first), count(*) FROM audit_blocks
+         GROUP BY log ORDER BY log",
+    )?;
     let rows = st.query_map([], |r| {
-        Ok((log_of(r.get_ref(0)?.as_blob()?)?, to_u64(r.get(1)?)?))
+        let span = to_u64(r.get(2)?)?.saturating_sub(to_u64(r.get(1)?)?);
+        let size = match to_u64(r.get(3)?)? {
+            0 | 1 => ESTIMATED_BLOCK,
+            n => span + span / (n - 1),
+        };
+        Ok((log_of(r.get_ref(0)?.as_blob()?)?, size.max(1)))
     })?;
     rows.collect()
 }
 
-/// Checkpoints of every log after `after`, in `(log, size)` order.
-pub(crate) fn scan_checkpoints(
-    c: &Connection,
-    after: Option<(LogId, u64)>,
-    limit: usize,
-) -> rusqlite::Result<Vec<(LogId, CheckpointRow)>> {
-    let (log, size) = match after {
-        Some((l, s)) => (l.to_bytes().to_vec(), to_i64(s)?),
-        // Below every log id and size.
-        None => (Vec::new(), -1),
-    };
-    let mut st = c.prepare_cached(&format!(
-        "SELECT log, {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE (log, size) > (?1, ?2)
-         ORDER BY log, size LIMIT ?3"
-    ))?;
-    let rows = st.query_map(
-        params![log, size, i64::try_from(limit).unwrap_or(i64::MAX)],
-        |r| {
-            Ok((
-                log_of(r.get_ref(0)?.as_blob()?)?,
-                CheckpointRow {
-                    size: to_u64(r.get(1)?)?,
-                    root: hash(r.get(2)?)?,
-                    time_us: r.get(3)?,
-                    key_id: r.get(4)?,
-                    signature: r.get(5)?,
-                    frontier: r.get(6)?,
-                    batch: r.get(7)?,
-                },
-            ))
-        },
-    )?;
-    rows.collect()
-}
+/// What a log of one block is taken to hold, for sharing work out.
+const ESTIMATED_BLOCK: u64 = 64;

@@ -8,8 +8,9 @@
 
 use bulkhead_audit::entry::entry_leaf;
 use bulkhead_audit::{Actor, EntryBody, LogId, Outcome, block};
-use bulkhead_store::port::{AuditRow, AuditScanBlock, AuditScanChunk, CheckpointRow};
+use bulkhead_store::port::{AuditRow, AuditScanItem, CheckpointRow};
 use rusqlite::{Connection, params};
+use std::ops::ControlFlow;
 use tempfile::TempDir;
 
 use crate::journal::{self, Journal};
@@ -483,7 +484,8 @@ async fn pruning_inside_a_block_keeps_the_rest_at_their_positions() {
         vec![(a, 1500, 548), (a, 2048, 52), (b, 0, 10)]
     );
     assert_eq!(env.entries(a), before[1500..]);
-    assert_eq!(audit::logs(&env.audit).unwrap(), vec![(a, 600), (b, 10)]);
+    // Blocks at 1500 and 2048: a span of 548, and as much again for the last block.
+    assert_eq!(audit::logs(&env.audit).unwrap(), vec![(a, 1096), (b, 64)]);
     assert_eq!(
         audit::entries(&env.audit, a, 1000, 3).unwrap(),
         before[1500..1503]
@@ -550,7 +552,7 @@ async fn pruning_every_entry_keeps_the_numbering_from_the_checkpoint() {
     assert_eq!(env.blocks(), vec![(b, 0, 10)]);
     assert!(env.entries(a).is_empty());
     assert_eq!(env.size(a), 2100);
-    assert_eq!(audit::logs(&env.audit).unwrap(), vec![(b, 10)]);
+    assert_eq!(audit::logs(&env.audit).unwrap(), vec![(b, 64)]);
     env.journal(a, &[body(9000, "after")]).await;
     env.place();
     let rows = env.entries(a);
@@ -579,38 +581,39 @@ async fn scan_env() -> Env {
     env
 }
 
-/// Scans, checks that every block's bytes are its stored entries, and returns the blocks.
-fn scan(
-    env: &Env,
-    after: Option<(LogId, u64)>,
-    until: Option<LogId>,
-    limit: usize,
-) -> Vec<(LogId, u64, u64)> {
-    let chunk = audit::scan(&env.audit, after, until, limit, AuditScanChunk::default()).unwrap();
-    check_chunk(env, &chunk);
-    chunk
-        .blocks
-        .iter()
-        .map(|b| (b.log, b.first, b.count))
-        .collect()
+/// What a visit hands out: a checkpoint's log and size, or a block's log, first and count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Cp(LogId, u64),
+    Block(LogId, u64, u64),
 }
 
-fn check_chunk(env: &Env, chunk: &AuditScanChunk) {
-    let mut end = 0;
-    for &AuditScanBlock {
-        log,
-        first,
-        count,
-        start,
-        end: stop,
-    } in &chunk.blocks
-    {
-        assert_eq!(start, end, "blocks are back to back");
-        end = stop;
+/// Visits the logs from `from` to below `until`, checks that every block's bytes are its
+/// stored entries, and returns what it was handed; `stop_after`: says `Break` after that many
+/// items.
+fn visit(env: &Env, from: Option<LogId>, until: Option<LogId>, stop_after: usize) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut blocks = Vec::new();
+    audit::visit(&env.audit, from, until, &mut |item| {
+        match item {
+            AuditScanItem::Checkpoint(l, cp) => seen.push(Seen::Cp(l, cp.size)),
+            AuditScanItem::Block(b) => {
+                seen.push(Seen::Block(b.log, b.first, b.count));
+                blocks.push((b.log, b.first, b.count, b.bytes.to_vec()));
+            }
+        }
+        if seen.len() >= stop_after {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })
+    .unwrap();
+    for (log, first, count, bytes) in blocks {
         let stored =
             audit::entries(&env.audit, log, first, usize::try_from(count).unwrap()).unwrap();
         let got: Vec<AuditRow> = (first..)
-            .zip(block::entries_exact(&chunk.bytes[start..stop], count).unwrap())
+            .zip(block::entries_exact(&bytes, count).unwrap())
             .map(|(seq, (body, leaf))| AuditRow {
                 seq,
                 body: body.to_vec(),
@@ -619,126 +622,95 @@ fn check_chunk(env: &Env, chunk: &AuditScanChunk) {
             .collect();
         assert_eq!(got, stored, "block of {log} at {first}");
     }
-    assert!(end <= chunk.bytes.len(), "the blocks fit the buffer");
+    seen
 }
 
 #[tokio::test]
-async fn scan_returns_whole_blocks_in_log_order_up_to_the_limit() {
+async fn visit_hands_out_checkpoints_then_whole_blocks_in_log_order() {
     let env = scan_env().await;
     let (op, a, b, c) = (LogId::Operator, log(1), log(2), log(3));
-    let all = vec![(op, 0, 5), (a, 0, 1024), (a, 1024, 6), (b, 0, 3), (c, 0, 2)];
-    assert_eq!(env.blocks(), all);
-    assert_eq!(scan(&env, None, None, usize::MAX), all);
-    assert_eq!(
-        audit::logs(&env.audit).unwrap(),
-        vec![(op, 5), (a, 1030), (b, 3), (c, 2)]
-    );
-    // Whole blocks until the limit is reached.
-    assert_eq!(scan(&env, None, None, 1), all[..1]);
-    assert_eq!(scan(&env, None, None, 5), all[..1]);
-    assert_eq!(scan(&env, None, None, 6), all[..2]);
-    assert_eq!(scan(&env, None, None, 1030), all[..3]);
-    assert!(scan(&env, None, None, 0).is_empty());
-
-    // Chunk by chunk as the verifier reads: from the last entry of the last block.
-    let mut after = None;
-    let mut chunks = Vec::new();
-    loop {
-        let got = scan(&env, after, None, 1000);
-        let Some(&(l, first, count)) = got.last() else {
-            break;
-        };
-        after = Some((l, first + count - 1));
-        chunks.push(got);
+    for (l, size) in [(c, 2), (a, 1024), (a, 0), (op, 5)] {
+        audit::put_checkpoint(&env.audit, l, &checkpoint(size)).unwrap();
     }
-    assert_eq!(chunks, vec![all[..2].to_vec(), all[2..].to_vec()]);
-
-    // Resuming after a block, or after a whole log.
-    assert_eq!(scan(&env, Some((a, 1023)), None, 1), all[2..3]);
-    assert_eq!(scan(&env, Some((a, 1029)), None, usize::MAX), all[3..]);
-    assert_eq!(scan(&env, Some((a, u64::MAX)), None, usize::MAX), all[3..]);
-    assert_eq!(scan(&env, Some((op, 4)), None, 1), all[1..2]);
-    assert!(scan(&env, Some((c, 1)), None, usize::MAX).is_empty());
-}
-
-#[tokio::test]
-async fn scan_stops_before_the_until_log() {
-    let env = scan_env().await;
-    let (op, a, b, c) = (LogId::Operator, log(1), log(2), log(3));
+    let blocks = vec![(op, 0, 5), (a, 0, 1024), (a, 1024, 6), (b, 0, 3), (c, 0, 2)];
+    assert_eq!(env.blocks(), blocks);
+    use Seen::{Block, Cp};
+    let all = vec![
+        Cp(op, 5),
+        Cp(a, 0),
+        Cp(a, 1024),
+        Cp(c, 2),
+        Block(op, 0, 5),
+        Block(a, 0, 1024),
+        Block(a, 1024, 6),
+        Block(b, 0, 3),
+        Block(c, 0, 2),
+    ];
+    assert_eq!(visit(&env, None, None, usize::MAX), all);
+    // From a log (inclusive) to below another.
     assert_eq!(
-        scan(&env, None, Some(c), usize::MAX),
-        vec![(op, 0, 5), (a, 0, 1024), (a, 1024, 6), (b, 0, 3)]
+        visit(&env, Some(a), Some(c), usize::MAX),
+        vec![
+            Cp(a, 0),
+            Cp(a, 1024),
+            Block(a, 0, 1024),
+            Block(a, 1024, 6),
+            Block(b, 0, 3)
+        ]
     );
-    assert_eq!(scan(&env, None, Some(a), usize::MAX), vec![(op, 0, 5)]);
     assert_eq!(
-        scan(&env, Some((a, u64::MAX)), Some(c), usize::MAX),
-        vec![(b, 0, 3)]
+        visit(&env, Some(c), None, usize::MAX),
+        vec![Cp(c, 2), Block(c, 0, 2)]
     );
     assert_eq!(
-        scan(&env, Some((op, 4)), Some(b), usize::MAX),
-        vec![(a, 0, 1024), (a, 1024, 6)]
+        visit(&env, None, Some(a), usize::MAX),
+        vec![Cp(op, 5), Block(op, 0, 5)]
     );
-    assert!(scan(&env, Some((a, u64::MAX)), Some(b), usize::MAX).is_empty());
-    // A bound between two stored logs.
+    assert!(visit(&env, Some(a), Some(a), usize::MAX).is_empty());
+    // Bounds between two stored logs.
     let mut between = [1; 16];
     between[15] = 2;
+    let between = LogId::from_bytes(between);
     assert_eq!(
-        scan(
-            &env,
-            Some((op, 4)),
-            Some(LogId::from_bytes(between)),
-            usize::MAX
-        ),
-        vec![(a, 0, 1024), (a, 1024, 6)]
+        visit(&env, Some(op), Some(between), usize::MAX),
+        all.iter()
+            .copied()
+            .filter(|s| matches!(s, Cp(l, _) | Block(l, ..) if *l == op || *l == a))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        visit(&env, Some(between), None, usize::MAX),
+        vec![Cp(c, 2), Block(b, 0, 3), Block(c, 0, 2)]
     );
 }
 
 #[tokio::test]
-async fn scan_reuses_the_buffers_it_is_given() {
+async fn visit_stops_when_told() {
     let env = scan_env().await;
-    let junk = AuditScanChunk {
-        blocks: vec![AuditScanBlock {
-            log: log(9),
-            first: 77,
-            count: 1,
-            start: 0,
-            end: 3,
-        }],
-        bytes: vec![1, 2, 3],
-    };
-    let chunk = audit::scan(&env.audit, Some((log(1), 1023)), None, 1, junk).unwrap();
-    check_chunk(&env, &chunk);
+    let (op, a) = (LogId::Operator, log(1));
+    audit::put_checkpoint(&env.audit, a, &checkpoint(1024)).unwrap();
+    // On a checkpoint: no block follows.
+    assert_eq!(visit(&env, None, None, 1), vec![Seen::Cp(a, 1024)]);
+    // On a block: no later block.
     assert_eq!(
-        chunk
-            .blocks
-            .iter()
-            .map(|b| (b.log, b.first, b.count, b.start))
-            .collect::<Vec<_>>(),
-        vec![(log(1), 1024, 6, 0)]
+        visit(&env, None, None, 3),
+        vec![
+            Seen::Cp(a, 1024),
+            Seen::Block(op, 0, 5),
+            Seen::Block(a, 0, 1024)
+        ]
     );
-    // A buffer longer than the chunk keeps its length (it is not zeroed again); the blocks
-    // are written over its start and what lies past them is not read.
-    let long = AuditScanChunk {
-        blocks: Vec::new(),
-        bytes: vec![0xee; 100_000],
-    };
-    let chunk = audit::scan(&env.audit, Some((log(1), 1023)), None, 1, long).unwrap();
-    check_chunk(&env, &chunk);
-    assert_eq!(chunk.bytes.len(), 100_000);
-    assert_eq!(chunk.blocks.len(), 1);
-    assert_eq!(chunk.blocks[0].start, 0);
 }
 
 #[tokio::test]
-async fn scan_after_a_position_inside_a_block() {
+async fn log_sizes_are_estimated_from_the_index() {
     let env = scan_env().await;
-    let (a, b, c) = (log(1), log(2), log(3));
-    // The port's contract: `after` is where a previous chunk ended; a scan resumes at the first
-    // block beginning after it (the verifier only resumes at a block's last entry, or after a
-    // whole log), so a position inside a block skips to the next block.
+    let (op, a, b, c) = (LogId::Operator, log(1), log(2), log(3));
+    // Two blocks: the span of their starts, and as much again for the last block; one block:
+    // a guess.
     assert_eq!(
-        scan(&env, Some((a, 500)), None, usize::MAX),
-        vec![(a, 1024, 6), (b, 0, 3), (c, 0, 2)]
+        audit::logs(&env.audit).unwrap(),
+        vec![(op, 64), (a, 2048), (b, 64), (c, 64)]
     );
 }
 
@@ -886,14 +858,15 @@ async fn older_logs_move_into_blocks_with_their_checkpoints_and_the_old_tables_g
     let env = env.restart();
     assert_eq!(env.blocks(), vec![(a, 0, 10), (b, 5, 3)]);
     assert_eq!(env.entries(a), a_rows);
-    assert_eq!(
-        audit::scan_checkpoints(&env.audit, None, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|(l, c)| (l, c.size))
-            .collect::<Vec<_>>(),
-        vec![(op, 3), (a, 4), (a, 10), (b, 5)]
-    );
+    let mut cps = Vec::new();
+    audit::visit(&env.audit, None, None, &mut |item| {
+        if let AuditScanItem::Checkpoint(l, c) = item {
+            cps.push((l, c.size));
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(cps, vec![(op, 3), (a, 4), (a, 10), (b, 5)]);
 
     // New entries continue the moved logs.
     env.pending(&[(a, body(5000, "new-a")), (op, body(5000, "new-op"))]);

@@ -44,7 +44,7 @@ use bulkhead_core::tier::{LimitOverrides, Usage};
 use bulkhead_core::{CollectionName, RecordId, Tenant, TenantId};
 use bulkhead_store::BackendError;
 use bulkhead_store::port::{
-    AuditBackend, AuditRow, AuditScanChunk, AuditScope, CheckpointRow, CollectionRow, IndexToken,
+    AuditBackend, AuditRow, AuditScope, AuditVisitor, CheckpointRow, CollectionRow, IndexToken,
     InsertOutcome, InsertRow, PolicyRow, RecordBackend, RecordRow, Registry, Scope, SigningKeyRow,
     TenantPatch, TenantRow, TierRow, UpdateRow, WriteOutcome,
 };
@@ -1060,24 +1060,13 @@ impl AuditBackend for SqliteStore {
         self.audit_read(audit::logs).await.map(Some)
     }
 
-    async fn unscoped_audit_scan(
+    async fn unscoped_audit_visit(
         &self,
-        after: Option<(LogId, u64)>,
+        from: Option<LogId>,
         until: Option<LogId>,
-        limit: usize,
-        reuse: AuditScanChunk,
-    ) -> Result<Option<AuditScanChunk>, BackendError> {
-        self.audit_read(move |c| audit::scan(c, after, until, limit, reuse))
-            .await
-            .map(Some)
-    }
-
-    async fn unscoped_audit_checkpoints(
-        &self,
-        after: Option<(LogId, u64)>,
-        limit: usize,
-    ) -> Result<Option<Vec<(LogId, CheckpointRow)>>, BackendError> {
-        self.audit_read(move |c| audit::scan_checkpoints(c, after, limit))
+        mut visit: AuditVisitor,
+    ) -> Result<Option<()>, BackendError> {
+        self.audit_read(move |c| audit::visit(c, from, until, &mut visit))
             .await
             .map(Some)
     }

@@ -6,6 +6,7 @@
 //! ([`crate::Store::operator_audit`]), which only operator-authenticated paths call.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use bulkhead_audit::checkpoint::{
@@ -21,7 +22,7 @@ use bulkhead_core::{TenantContext, Timestamp};
 use serde::Serialize;
 
 use crate::StoreError;
-use crate::port::{AuditScanChunk, AuditScope, CheckpointRow, RecordBackend};
+use crate::port::{AuditBlockRef, AuditScanItem, AuditScope, CheckpointRow, RecordBackend};
 
 /// Entries read per storage round trip by the checkpointer and the verifier.
 const CHUNK: usize = 4096;
@@ -1007,41 +1008,21 @@ pub async fn verify_log(
     outcome.map(|()| check.report)
 }
 
-/// What checking one checkpoint signed alone costs, in entries hashed (an Ed25519
-/// verification against a 190-byte entry's leaf and node hashes), for sharing logs out among
-/// workers.
-const SIGNATURE_COST: u64 = 30;
-/// The same for a checkpoint signed in a batch: its leaf and batch path (11 hashes), the
-/// batch's one signature shared among its checkpoints.
-const BATCHED_COST: u64 = 2;
-
-/// What checking `cp` costs, in entries hashed.
-fn checkpoint_cost(cp: &CheckpointRow) -> u64 {
-    if cp.batch.is_empty() {
-        SIGNATURE_COST
-    } else {
-        BATCHED_COST
-    }
-}
-
-/// Entries (and checkpoints) read per storage round trip by [`verify_all`].
-const SCAN_CHUNK: usize = 2_048;
 /// A failure, with the log it is in (failures are reported in log order).
 type Located = ([u8; 16], VerifyFailure);
 
-/// One worker's share of [`verify_all`]: a range of logs, verified in order. It hashes the
-/// entries, builds the trees and checks the checkpoints' signatures (on short logs, most of the
-/// work: an Ed25519 verification costs as much as hashing some 30 entries), so that both are
-/// shared out among the workers alike.
+/// The work on one unit of [`verify_all`]: a run of logs, verified in order. It hashes the
+/// entries, builds the trees and checks the checkpoints' signatures (on short logs a good part
+/// of the work), so that both are shared out among the workers alike.
 struct Share {
-    /// Checkpoints of the share's logs not started yet.
+    /// Checkpoints of the unit's logs not started yet.
     checkpoints: BTreeMap<[u8; 16], Vec<CheckpointRow>>,
     current: Option<LogCheck>,
     logs: u64,
     total: VerifyReport,
     failure: Option<Located>,
     key: AuditPublicKey,
-    /// Batch signatures checked so far.
+    /// Batch signatures checked so far (by this worker, across its units).
     cache: SignatureCache,
 }
 
@@ -1090,42 +1071,39 @@ impl Share {
         Ok(())
     }
 
-    /// Verifies the entries of a chunk (blocks in `(log, seq)` order).
-    fn blocks(&mut self, chunk: &AuditScanChunk) -> Result<(), VerifyFailure> {
-        for b in &chunk.blocks {
-            if self.current.as_ref().is_none_or(|c| c.log != b.log) {
-                self.start(b.log, Some(b.first))?;
-            }
-            let Some(c) = self.current.as_mut() else {
-                continue;
-            };
-            let bytes = chunk.bytes.get(b.start..b.end).unwrap_or_default();
-            let mut seq = b.first;
-            for e in bulkhead_audit::block::entries(bytes) {
-                let (_, body, stored) = e.map_err(|e| {
-                    c.fail(
-                        format!("entry {seq}"),
-                        format!("its stored block is damaged: {e}"),
-                    )
-                })?;
-                c.push(seq, body, &stored)?;
-                seq += 1;
-            }
-            if seq - b.first != b.count {
-                return Err(c.fail(
+    /// Verifies the entries of a block (blocks come in `(log, seq)` order).
+    fn block(&mut self, b: AuditBlockRef<'_>) -> Result<(), VerifyFailure> {
+        if self.current.as_ref().is_none_or(|c| c.log != b.log) {
+            self.start(b.log, Some(b.first))?;
+        }
+        let Some(c) = self.current.as_mut() else {
+            return Ok(());
+        };
+        let mut seq = b.first;
+        for e in bulkhead_audit::block::entries(b.bytes) {
+            let (_, body, stored) = e.map_err(|e| {
+                c.fail(
                     format!("entry {seq}"),
-                    format!(
-                        "its block says {} entries but holds {}",
-                        b.count,
-                        seq - b.first
-                    ),
-                ));
-            }
+                    format!("its stored block is damaged: {e}"),
+                )
+            })?;
+            c.push(seq, body, &stored)?;
+            seq += 1;
+        }
+        if seq - b.first != b.count {
+            return Err(c.fail(
+                format!("entry {seq}"),
+                format!(
+                    "its block says {} entries but holds {}",
+                    b.count,
+                    seq - b.first
+                ),
+            ));
         }
         Ok(())
     }
 
-    /// The end of the share: the last log, and logs with checkpoints but no stored entry.
+    /// The end of the unit: the last log, and logs with checkpoints but no stored entry.
     fn finish(&mut self) -> Result<(), VerifyFailure> {
         self.end()?;
         for (k, list) in std::mem::take(&mut self.checkpoints) {
@@ -1158,29 +1136,56 @@ fn log_of_failure(f: &VerifyFailure) -> Option<[u8; 16]> {
         .map(|t| LogId::Tenant(t).to_bytes())
 }
 
-/// Splits `logs` (in order, with their costs) into at most `parts` runs of about equal cost;
-/// returns the first log of each run after the first.
-fn split_logs(logs: &[(LogId, u64)], parts: usize) -> Vec<LogId> {
-    let total: u64 = logs.iter().map(|(_, n)| *n).sum();
-    let per = total.div_ceil(parts.max(1) as u64).max(1);
+/// Splits `logs` (in order, with their estimated sizes) into runs for `workers` workers that
+/// take them in order as they free up: each run about `1 / (2 × workers)` of what is left, so
+/// that the runs shrink towards the end and no worker is left alone with a long one (no
+/// smaller than `1 / (32 × workers)` of the whole). Returns the first log of each run after
+/// the first.
+fn split_logs(logs: &[(LogId, u64)], workers: usize) -> Vec<LogId> {
+    let workers = workers.max(1) as u64;
+    let mut left: u64 = logs.iter().map(|(_, n)| *n).sum();
+    let least = (left / (32 * workers)).max(1);
     let mut bounds = Vec::new();
     let mut acc = 0u64;
+    let mut target = (left / (2 * workers)).max(least);
     for (log, n) in logs {
-        if acc >= per * (bounds.len() as u64 + 1) && bounds.len() + 1 < parts {
+        if acc >= target {
             bounds.push(*log);
+            left = left.saturating_sub(acc);
+            acc = 0;
+            target = (left / (2 * workers)).max(least);
         }
         acc += n;
     }
     bounds
 }
 
+/// Where a worker of [`verify_all`] is: the units it shares with the others, the first
+/// failure found so far (units wholly after it are skipped), and the entries verified so far.
+struct Units {
+    /// `(from, until)` of each unit, in log order.
+    ranges: Vec<(Option<LogId>, Option<LogId>)>,
+    next: std::sync::atomic::AtomicUsize,
+    earliest: parking_lot::Mutex<Option<[u8; 16]>>,
+    done: std::sync::atomic::AtomicU64,
+}
+
+/// What a worker of [`verify_all`] found.
+#[derive(Default)]
+struct WorkerReport {
+    logs: u64,
+    total: VerifyReport,
+    failure: Option<Located>,
+    read_error: Option<crate::BackendError>,
+}
+
 /// Verifies every log in the storage (what `bulkhead audit verify --all` does). The logs are
-/// shared out in contiguous ranges of about equal size among a few workers (two per core);
-/// each reads its range's entries as blocks, a storage round trip per chunk and the next chunk
-/// read while this one is hashed, builds each log's tree and checks its checkpoints'
-/// signatures. `Ok(None)`: the adapter cannot scan every log
-/// (verify log by log with [`verify_log`]). The report counts logs too; the first failure in
-/// `(log, position)` order is reported.
+/// cut into runs ([`split_logs`]) that a worker per core takes in turn; for each, the worker
+/// loads the run's checkpoints, then the adapter hands it the run's entries block by block
+/// where it reads them (SQLite: on the reading thread, with no hand-off per block), and the
+/// worker builds each log's tree and checks its checkpoints' signatures. `Ok(None)`: the
+/// adapter cannot scan every log (verify log by log with [`verify_log`]). The report counts
+/// logs too; the first failure in `(log, position)` order is reported.
 pub async fn verify_all(
     backend: Arc<dyn RecordBackend>,
     key: &AuditPublicKey,
@@ -1199,96 +1204,51 @@ pub async fn verify_all(
     let Some(logs) = backend.unscoped_audit_logs().await.map_err(storage)? else {
         return Ok(None);
     };
-    // Every checkpoint (few and small next to the entries), grouped by log.
-    let mut cps: BTreeMap<[u8; 16], Vec<CheckpointRow>> = Default::default();
-    let mut after = None;
-    loop {
-        let Some(page) = backend
-            .unscoped_audit_checkpoints(after, SCAN_CHUNK)
-            .await
-            .map_err(storage)?
-        else {
-            return Ok(None);
-        };
-        let Some((l, cp)) = page.last() else { break };
-        after = Some((*l, cp.size));
-        for (l, cp) in page {
-            cps.entry(l.to_bytes()).or_default().push(cp);
-        }
-    }
-    // Two workers per core: a worker waits for its next chunk and hands each chunk to the
-    // blocking pool and back, and a second one per core keeps the core busy meanwhile (13 %
-    // faster than one per core on long logs, 2 cores; BENCHMARKS.md).
+    // One worker per core: a worker reads and hashes on one thread, without waiting.
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .saturating_mul(2)
-        .clamp(2, 16);
-    // A log's cost: its entries, and its checkpoints at the price of hashing some entries each.
-    let weighed: Vec<(LogId, u64)> = logs
-        .iter()
-        .map(|(l, n)| {
-            let sigs: u64 = cps
-                .get(&l.to_bytes())
-                .map_or(0, |list| list.iter().map(checkpoint_cost).sum());
-            (*l, n + sigs)
+        .clamp(1, 16);
+    let bounds = split_logs(&logs, workers);
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut from = None;
+    for b in bounds {
+        ranges.push((from, Some(b)));
+        from = Some(b);
+    }
+    ranges.push((from, None));
+    let units = Arc::new(Units {
+        ranges,
+        next: Default::default(),
+        earliest: Default::default(),
+        done: Default::default(),
+    });
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (backend, units, progress) = (backend.clone(), units.clone(), progress.clone());
+            tokio::spawn(verify_units(backend, units, key.clone(), progress))
         })
         .collect();
-    let bounds = split_logs(&weighed, workers);
-    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    // Each range starts after the last log of the one before (`after`) and ends before the
-    // next range's first log (`until`).
-    let mut starts: Vec<Option<LogId>> = vec![None];
-    starts.extend(bounds.iter().copied().map(Some));
-    for (i, from) in starts.iter().copied().enumerate() {
-        let until = bounds.get(i).copied();
-        let share = Share {
-            checkpoints: cps
-                .range(from.map_or([0; 16], |l| l.to_bytes())..)
-                .take_while(|(k, _)| until.is_none_or(|u| **k < u.to_bytes()))
-                .map(|(k, v)| (*k, v.clone()))
-                .collect(),
-            current: None,
-            logs: 0,
-            total: VerifyReport::default(),
-            failure: None,
-            key: key.clone(),
-            cache: SignatureCache::default(),
-        };
-        // Below `from`: the last log of the range before (its entries are all below here).
-        let after = from.and_then(|f| {
-            logs.iter()
-                .take_while(|(l, _)| l.to_bytes() < f.to_bytes())
-                .last()
-                .map(|(l, _)| (*l, u64::MAX))
-        });
-        let (backend, progress, done) = (backend.clone(), progress.clone(), done.clone());
-        tasks.push(tokio::spawn(verify_share(
-            backend, share, after, until, progress, done,
-        )));
-    }
     let mut count = 0u64;
     let mut total = VerifyReport::default();
     let mut failure: Option<Located> = None;
     let mut read_error = None;
     for t in tasks {
-        let (share, read) = t
+        let r = t
             .await
-            .map_err(|e| internal(format!("a verifying task failed: {e}")))?
-            .map_err(internal)?;
-        count += share.logs;
-        total.entries += share.total.entries;
-        total.checkpoints += share.total.checkpoints;
-        total.bytes += share.total.bytes;
-        total.pruned += share.total.pruned;
-        if let Some(f) = share.failure
+            .map_err(|e| internal(format!("a verifying task failed: {e}")))?;
+        count += r.logs;
+        total.entries += r.total.entries;
+        total.checkpoints += r.total.checkpoints;
+        total.bytes += r.total.bytes;
+        total.pruned += r.total.pruned;
+        if let Some(f) = r.failure
             && failure.as_ref().is_none_or(|(l, _)| f.0 < *l)
         {
             failure = Some(f);
         }
-        read_error = read_error.or(read.err());
+        read_error = read_error.or(r.read_error);
     }
-    // The first failure in log order (each share reports its own first).
+    // The first failure in log order (each unit reports its own first).
     if let Some((_, f)) = failure {
         return Err(f);
     }
@@ -1298,66 +1258,123 @@ pub async fn verify_all(
     Ok(Some((count, total)))
 }
 
-/// One worker of [`verify_all`]: reads its range of logs chunk by chunk, the next chunk while
-/// the current one is hashed (on the blocking pool).
-async fn verify_share(
+/// One worker of [`verify_all`]: takes units until none is left.
+async fn verify_units(
     backend: Arc<dyn RecordBackend>,
-    mut share: Share,
-    mut after: Option<(LogId, u64)>,
-    until: Option<LogId>,
+    units: Arc<Units>,
+    key: AuditPublicKey,
     progress: Arc<dyn Fn(u64) + Send + Sync>,
-    done: Arc<std::sync::atomic::AtomicU64>,
-) -> Result<(Share, Result<(), crate::BackendError>), String> {
+) -> WorkerReport {
     use std::sync::atomic::Ordering;
-    let read = |after, buffer| {
-        let backend = backend.clone();
-        async move {
-            backend
-                .unscoped_audit_scan(after, until, SCAN_CHUNK, buffer)
-                .await
-                .map(Option::unwrap_or_default)
-        }
-    };
-    let mut next = read(after, AuditScanChunk::default()).await;
-    let mut spare = AuditScanChunk::default();
+    let mut report = WorkerReport::default();
+    let mut cache = SignatureCache::default();
     loop {
-        let chunk = match next {
-            Ok(c) => c,
-            Err(e) => return Ok((share, Err(e))),
-        };
-        let Some(last) = chunk.blocks.last() else {
+        let i = units.next.fetch_add(1, Ordering::Relaxed);
+        let Some(&(from, until)) = units.ranges.get(i) else {
             break;
         };
-        after = Some((last.log, last.first + last.count.saturating_sub(1)));
-        let more = chunk.entries() >= SCAN_CHUNK as u64;
-        let entries = chunk.entries();
-        let hashing = tokio::task::spawn_blocking(move || {
-            let r = share.blocks(&chunk);
-            (share, chunk, r)
-        });
-        let (hashed, read_next) = if more {
-            let (h, n) = tokio::join!(hashing, read(after, std::mem::take(&mut spare)));
-            (h, Some(n))
-        } else {
-            (hashing.await, None)
+        // A unit wholly after a failure found already cannot hold the first one.
+        if let (Some(f), Some(earliest)) = (from, *units.earliest.lock())
+            && f.to_bytes() > earliest
+        {
+            continue;
+        }
+        let share = match verify_unit(&*backend, &units, from, until, &key, cache, &progress).await
+        {
+            Ok(s) => s,
+            Err((e, c)) => {
+                cache = c;
+                report.read_error = report.read_error.or(Some(e));
+                continue;
+            }
         };
-        let (s, used, r) = hashed.map_err(|e| format!("a hashing task failed: {e}"))?;
-        share = s;
-        spare = used;
-        progress(done.fetch_add(entries, Ordering::Relaxed) + entries);
-        if let Err(f) = r {
-            share.failed(f);
-            return Ok((share, Ok(())));
+        report.logs += share.logs;
+        report.total.entries += share.total.entries;
+        report.total.checkpoints += share.total.checkpoints;
+        report.total.bytes += share.total.bytes;
+        report.total.pruned += share.total.pruned;
+        if let Some(f) = share.failure {
+            let mut earliest = units.earliest.lock();
+            if earliest.is_none_or(|e| f.0 < e) {
+                *earliest = Some(f.0);
+            }
+            if report.failure.as_ref().is_none_or(|(l, _)| f.0 < *l) {
+                report.failure = Some(f);
+            }
         }
-        match read_next {
-            Some(n) => next = n,
-            None => break,
+        cache = share.cache;
+    }
+    report
+}
+
+/// Verifies the logs from `from` to below `until`: the adapter hands their checkpoints, then
+/// their blocks, to a [`Share`]. On a storage error, the error and the signature cache.
+async fn verify_unit(
+    backend: &dyn RecordBackend,
+    units: &Arc<Units>,
+    from: Option<LogId>,
+    until: Option<LogId>,
+    key: &AuditPublicKey,
+    cache: SignatureCache,
+    progress: &Arc<dyn Fn(u64) + Send + Sync>,
+) -> Result<Share, (crate::BackendError, SignatureCache)> {
+    use std::sync::atomic::Ordering;
+    let share = Arc::new(parking_lot::Mutex::new(Some(Share {
+        checkpoints: BTreeMap::new(),
+        current: None,
+        logs: 0,
+        total: VerifyReport::default(),
+        failure: None,
+        key: key.clone(),
+        cache,
+    })));
+    let visitor = {
+        let (share, units, progress) = (share.clone(), units.clone(), progress.clone());
+        Box::new(move |item: AuditScanItem<'_>| {
+            let mut guard = share.lock();
+            let Some(s) = guard.as_mut() else {
+                return ControlFlow::Break(());
+            };
+            match item {
+                AuditScanItem::Checkpoint(log, cp) => {
+                    s.checkpoints.entry(log.to_bytes()).or_default().push(cp);
+                }
+                AuditScanItem::Block(b) => {
+                    if let Err(f) = s.block(b) {
+                        s.failed(f);
+                        return ControlFlow::Break(());
+                    }
+                    progress(units.done.fetch_add(b.count, Ordering::Relaxed) + b.count);
+                }
+            }
+            ControlFlow::Continue(())
+        })
+    };
+    let read = backend.unscoped_audit_visit(from, until, visitor).await;
+    let Some(mut s) = share.lock().take() else {
+        return Err((
+            crate::BackendError::Other("the verifier lost a unit's state".into()),
+            SignatureCache::default(),
+        ));
+    };
+    match read {
+        Ok(Some(())) => {}
+        Ok(None) => {
+            return Err((
+                crate::BackendError::Other(
+                    "the adapter lists audit logs but cannot scan them".into(),
+                ),
+                s.cache,
+            ));
         }
+        Err(e) => return Err((e, s.cache)),
     }
-    if let Err(f) = share.finish() {
-        share.failed(f);
+    if s.failure.is_none()
+        && let Err(f) = s.finish()
+    {
+        s.failed(f);
     }
-    Ok((share, Ok(())))
+    Ok(s)
 }
 
 fn check_checkpoint(
@@ -1368,4 +1385,62 @@ fn check_checkpoint(
 ) -> Result<(), String> {
     let signed = to_signed(log, cp).map_err(|e| e.to_string())?;
     key.verify_cached(&signed, cache).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(sizes: &[u64]) -> Vec<(LogId, u64)> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let mut id = [0u8; 16];
+                id[15] = u8::try_from(i + 1).unwrap();
+                (LogId::from_bytes(id), *n)
+            })
+            .collect()
+    }
+
+    /// The runs `split_logs` cuts, as their sizes.
+    fn runs(logs: &[(LogId, u64)], workers: usize) -> Vec<u64> {
+        let bounds = split_logs(logs, workers);
+        let mut out = vec![0];
+        for (l, n) in logs {
+            if bounds.contains(l) {
+                out.push(0);
+            }
+            *out.last_mut().unwrap() += n;
+        }
+        out
+    }
+
+    #[test]
+    fn runs_shrink_towards_the_end_and_cover_every_log() {
+        let equal = logs(&[1_000; 64]);
+        let r = runs(&equal, 2);
+        assert_eq!(r.iter().sum::<u64>(), 64_000);
+        // The first run is about a quarter of the whole (half of what is left per worker)…
+        assert!((15_000..=17_000).contains(&r[0]), "{r:?}");
+        // … and the runs never grow, down to single logs at the end.
+        assert!(r.windows(2).all(|w| w[1] <= w[0]), "{r:?}");
+        assert_eq!(*r.last().unwrap(), 1_000, "{r:?}");
+        // No run is cut below the floor (1/64 of the whole, here a single log).
+        assert!(r.iter().all(|n| *n >= 1_000));
+    }
+
+    #[test]
+    fn a_long_log_ends_its_run_and_small_ones_are_not_cut_finer_than_the_floor() {
+        // The logs before the long one join its run; the rest are below the floor together.
+        assert_eq!(
+            runs(&logs(&[10, 10, 100_000, 10, 10]), 2),
+            vec![100_020, 20]
+        );
+        assert_eq!(split_logs(&[], 2), Vec::<LogId>::new());
+        assert_eq!(runs(&logs(&[5]), 4), vec![5]);
+        // One worker: still runs (so a failure found early skips the rest), all covered.
+        let r = runs(&logs(&[100; 10]), 1);
+        assert_eq!(r.iter().sum::<u64>(), 1_000);
+    }
 }

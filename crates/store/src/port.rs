@@ -357,34 +357,28 @@ pub struct AuditRow {
     pub leaf: [u8; 32],
 }
 
-/// A chunk of stored audit entries of every log, in `(log, seq)` order, for the offline
-/// verifier: runs of consecutive entries of one log as blocks (`bulkhead_audit::block`), their
-/// bytes in one buffer (no allocation per entry or block).
-#[derive(Debug, Clone, Default)]
-pub struct AuditScanChunk {
-    pub blocks: Vec<AuditScanBlock>,
-    /// The blocks' bytes, back to back; a block's are `bytes[start..end]`. Bytes past the
-    /// last block's end are unused (a reused buffer keeps its length, so it is not zeroed
-    /// again for every chunk).
-    pub bytes: Vec<u8>,
-}
-
-/// One block of an [`AuditScanChunk`]: `count` entries of `log` from position `first`.
+/// One stored block of audit entries, as the offline verifier reads it: `count` consecutive
+/// entries of `log` from position `first`, in `bulkhead_audit::block` form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuditScanBlock {
+pub struct AuditBlockRef<'a> {
     pub log: LogId,
     pub first: u64,
     pub count: u64,
-    pub start: usize,
-    pub end: usize,
+    pub bytes: &'a [u8],
 }
 
-impl AuditScanChunk {
-    /// Entries in the chunk.
-    pub fn entries(&self) -> u64 {
-        self.blocks.iter().map(|b| b.count).sum()
-    }
+/// What [`AuditBackend::unscoped_audit_visit`] hands its visitor: a stored checkpoint (of a
+/// log), or a stored block of entries.
+#[derive(Debug)]
+pub enum AuditScanItem<'a> {
+    Checkpoint(LogId, CheckpointRow),
+    Block(AuditBlockRef<'a>),
 }
+
+/// What [`AuditBackend::unscoped_audit_visit`] hands each item to, where the adapter reads it
+/// (on the thread that reads, while the bytes are in cache); `Break` stops the scan.
+pub type AuditVisitor =
+    Box<dyn FnMut(AuditScanItem<'_>) -> std::ops::ControlFlow<()> + Send + 'static>;
 
 /// A signed checkpoint as stored, with the compact range (right edge) of its tree, so the
 /// next checkpoint extends it without the earlier entries (which retention may have pruned).
@@ -455,37 +449,23 @@ pub trait AuditBackend: Send + Sync + 'static {
     /// of size `below` exists. Returns how many were deleted.
     async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError>;
     /// Operator tooling only (the offline verifier, across every log): every log that has
-    /// stored entries, in order of its 16 bytes, with how many it has (so that the verifier
-    /// can share the logs out among its workers). `Ok(None)`: not supported by this adapter
-    /// (the verifier then goes log by log).
+    /// stored entries, in order of its 16 bytes, with about how many it has — an estimate an
+    /// adapter may take from an index alone, for sharing the logs out among the verifier's
+    /// workers. `Ok(None)`: not supported by this adapter (the verifier then goes log by log).
     async fn unscoped_audit_logs(&self) -> Result<Option<Vec<(LogId, u64)>>, BackendError> {
         Ok(None)
     }
-    /// Operator tooling only: the stored entries after `after` (a log and sequence number;
-    /// `None`: from the start) and of logs below `until` (`None`: to the end), in
-    /// `(log, seq)` order, logs ordered by their 16 bytes, in `reuse`'s buffers (its blocks
-    /// emptied first, its bytes overwritten from the start): `limit` of them, or somewhat more (an adapter may stop only at a boundary of
-    /// its own), or fewer only at the end. `Ok(None)`: not supported.
-    ///
-    /// `after` is where the previous chunk ended (its last entry), or `(log, u64::MAX)` for
-    /// "after that whole log": an adapter that stores entries in blocks resumes at the first
-    /// block beginning after it, so a position inside a block is not a place to resume from.
-    async fn unscoped_audit_scan(
+    /// Operator tooling only: hands `visit` everything stored of the logs from `from`
+    /// (`None`: the first) to below `until` (`None`: the last), logs ordered by their 16
+    /// bytes: first their checkpoints, in `(log, size)` order, then their entries, as blocks
+    /// in `(log, seq)` order; stops early when `visit` says `Break`. `Ok(None)`: not
+    /// supported.
+    async fn unscoped_audit_visit(
         &self,
-        _after: Option<(LogId, u64)>,
+        _from: Option<LogId>,
         _until: Option<LogId>,
-        _limit: usize,
-        _reuse: AuditScanChunk,
-    ) -> Result<Option<AuditScanChunk>, BackendError> {
-        Ok(None)
-    }
-    /// Operator tooling only: at most `limit` stored checkpoints of every log after `after` (a
-    /// log and size), in `(log, size)` order. `Ok(None)`: not supported.
-    async fn unscoped_audit_checkpoints(
-        &self,
-        _after: Option<(LogId, u64)>,
-        _limit: usize,
-    ) -> Result<Option<Vec<(LogId, CheckpointRow)>>, BackendError> {
+        _visit: AuditVisitor,
+    ) -> Result<Option<()>, BackendError> {
         Ok(None)
     }
 }
