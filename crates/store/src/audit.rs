@@ -1160,8 +1160,9 @@ fn split_logs(logs: &[(LogId, u64)], workers: usize) -> Vec<LogId> {
     bounds
 }
 
-/// Where a worker of [`verify_all`] is: the units it shares with the others, the first
-/// failure found so far (units wholly after it are skipped), and the entries verified so far.
+/// What the workers of [`verify_all`] share: the units (runs of logs), the next one to take,
+/// the first failure found so far (units wholly after it are skipped), and the entries
+/// verified so far.
 struct Units {
     /// `(from, until)` of each unit, in log order.
     ranges: Vec<(Option<LogId>, Option<LogId>)>,
@@ -1180,10 +1181,10 @@ struct WorkerReport {
 }
 
 /// Verifies every log in the storage (what `bulkhead audit verify --all` does). The logs are
-/// cut into runs ([`split_logs`]) that a worker per core takes in turn; for each, the worker
-/// loads the run's checkpoints, then the adapter hands it the run's entries block by block
-/// where it reads them (SQLite: on the reading thread, with no hand-off per block), and the
-/// worker builds each log's tree and checks its checkpoints' signatures. `Ok(None)`: the
+/// cut into runs ([`split_logs`]) that a worker per core takes in turn; for each, the adapter
+/// hands the worker the run's checkpoints, then its entries block by block, where it reads
+/// them (SQLite: on the reading thread, with no hand-off per block), and the worker builds
+/// each log's tree and checks its checkpoints' signatures. `Ok(None)`: the
 /// adapter cannot scan every log (verify log by log with [`verify_log`]). The report counts
 /// logs too; the first failure in `(log, position)` order is reported.
 pub async fn verify_all(
