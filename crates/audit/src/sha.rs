@@ -2,7 +2,7 @@
 //! hundred), padded on the stack and handed to the `sha2` crate's compression function in one
 //! call. The streaming hasher buffers every `update` and pads at `finalize`: on 190-byte
 //! entries that bookkeeping is about a tenth of the time `audit verify` spends hashing
-//! (BENCHMARKS.md, "Hashing through the compression function"). The result is plain SHA-256 —
+//! (BENCHMARKS.md, "A worker per core reading and hashing in one place"). The result is plain SHA-256 —
 //! the tests check it against the streaming hasher for every length this path takes and past
 //! it.
 
@@ -18,7 +18,7 @@ pub use sha2_block::{Digest, Sha256};
 const BLOCKS: usize = 4;
 /// The longest message hashed on the stack: four blocks less the padding's 9 bytes. Longer
 /// ones go through the streaming hasher.
-pub const MAX_SHORT: usize = BLOCKS * 64 - 9;
+const MAX_SHORT: usize = BLOCKS * 64 - 9;
 
 /// SHA-256's initial hash value (FIPS 180-4 §5.3.3).
 const IV: [u32; 8] = [
