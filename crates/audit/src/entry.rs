@@ -378,6 +378,13 @@ pub fn entry_leaf(log: LogId, seq: u64, body: &[u8]) -> Hash {
     crate::sha::digest(&[&[0x00], &header(log, seq), body])
 }
 
+/// Adds the leaf hash of the entry at `seq` of `log` with `body` (what [`entry_leaf`] hashes)
+/// to a batch hashed later.
+#[inline]
+pub fn pad_entry_leaf(batch: &mut crate::sha::Batch, log: LogId, seq: u64, body: &[u8]) {
+    batch.push(&[&[0x00], &header(log, seq), body]);
+}
+
 /// Splits whole entry bytes into log, sequence number and body.
 pub fn split_entry(bytes: &[u8]) -> Result<(LogId, u64, &[u8]), DecodeError> {
     if bytes.len() < HEADER_LEN {
@@ -425,6 +432,16 @@ mod tests {
         let other = LogId::Tenant(TenantId::generate());
         assert_ne!(entry_leaf(other, 7, &enc), entry_leaf(t, 7, &enc));
         assert_ne!(entry_leaf(LogId::Operator, 7, &enc), entry_leaf(t, 7, &enc));
+        // Hashed in a batch: the same leaves.
+        let mut batch = crate::sha::Batch::default();
+        pad_entry_leaf(&mut batch, t, 7, &enc);
+        pad_entry_leaf(&mut batch, LogId::Operator, 8, &enc);
+        let mut out = Vec::new();
+        batch.hash_into(&mut out);
+        assert_eq!(
+            out,
+            vec![entry_leaf(t, 7, &enc), entry_leaf(LogId::Operator, 8, &enc)]
+        );
     }
 
     #[test]

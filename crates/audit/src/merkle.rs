@@ -9,6 +9,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::sha::Batch;
+
 pub type Hash = [u8; 32];
 
 /// The root of the empty tree.
@@ -280,6 +282,33 @@ pub fn verify_consistency(
     s_n == 0 && fr == *first_root && sr == *second_root
 }
 
+/// Buffers that [`CompactRange::extend`] reuses from one call to the next.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    batch: Batch,
+    level: Vec<Hash>,
+    next: Vec<Hash>,
+}
+
+impl Scratch {
+    /// The root of the perfect tree over `leaves` (a power of two of them), level by level.
+    fn perfect_root(&mut self, leaves: &[Hash]) -> Hash {
+        self.level.clear();
+        self.level.extend_from_slice(leaves);
+        while self.level.len() > 1 {
+            for pair in self.level.chunks_exact(2) {
+                if let [l, r] = pair {
+                    self.batch.push_pair(0x01, l, r);
+                }
+            }
+            self.next.clear();
+            self.batch.hash_into(&mut self.next);
+            std::mem::swap(&mut self.level, &mut self.next);
+        }
+        self.level.first().copied().unwrap_or_else(empty_root)
+    }
+}
+
 /// The right edge of a tree: the roots of its maximal perfect subtrees, largest first (one per
 /// set bit of its size). Enough to append leaves and compute the root without the leaves
 /// themselves: O(log n) memory, O(1) amortized hashing per leaf.
@@ -318,6 +347,43 @@ impl CompactRange {
         }
         self.peaks.push(h);
         self.size += 1;
+    }
+
+    /// Appends `leaves`: the same as [`CompactRange::push`] of each in turn, but the leaves
+    /// are taken as the largest perfect subtrees that fit where the range ends, and the nodes
+    /// of each level of such a subtree are hashed in one [`Batch`] (independent messages,
+    /// padded ahead).
+    pub fn extend(&mut self, leaves: &[Hash], scratch: &mut Scratch) {
+        let mut rest = leaves;
+        while let Some(first) = rest.first() {
+            // Largest power of two that fits in what is left and divides the size.
+            let fits = 1usize << rest.len().ilog2();
+            let aligned =
+                usize::try_from(1u64 << self.size.trailing_zeros().min(63)).unwrap_or(usize::MAX);
+            let k = fits.min(aligned);
+            let (sub, tail) = rest.split_at(k);
+            if k == 1 {
+                self.push(*first);
+            } else {
+                let root = scratch.perfect_root(sub);
+                self.push_subtree(root, k.trailing_zeros());
+            }
+            rest = tail;
+        }
+    }
+
+    /// Appends the root of a perfect subtree of `2^height` leaves (the size is a multiple of
+    /// it).
+    fn push_subtree(&mut self, root: Hash, height: u32) {
+        let mut h = root;
+        let mut s = self.size >> height;
+        while s & 1 == 1 {
+            let Some(left) = self.peaks.pop() else { break };
+            h = node_hash(&left, &h);
+            s >>= 1;
+        }
+        self.peaks.push(h);
+        self.size += 1 << height;
     }
 
     /// The root of the tree so far.
@@ -506,5 +572,48 @@ mod tests {
         let mut long = paths[0].clone();
         long.push([0; 32]);
         assert_eq!(root_from_inclusion(&l[0], 0, 8, &long), None);
+    }
+
+    #[test]
+    fn extending_is_pushing_one_by_one() {
+        let all = leaves(300);
+        let mut scratch = Scratch::default();
+        // Every start size up to 70 and every batch length up to 70, then a long one.
+        for start in 0..70usize {
+            let mut base = CompactRange::new();
+            for l in &all[..start] {
+                base.push(*l);
+            }
+            for len in (0..70usize).chain([300 - start]) {
+                let batch = &all[start..start + len];
+                let mut one = base.clone();
+                for l in batch {
+                    one.push(*l);
+                }
+                let mut many = base.clone();
+                many.extend(batch, &mut scratch);
+                assert_eq!(many, one, "start {start}, {len} leaves");
+                assert_eq!(many.root(), mth(&all[..start + len]));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn extending_in_random_pieces_gives_the_same_tree(
+            pieces in proptest::collection::vec(0usize..200, 0..12),
+        ) {
+            let total: usize = pieces.iter().sum();
+            let all = leaves(total);
+            let mut scratch = Scratch::default();
+            let mut many = CompactRange::new();
+            let mut at = 0;
+            for n in &pieces {
+                many.extend(&all[at..at + n], &mut scratch);
+                at += n;
+                proptest::prop_assert_eq!(many.root(), root(&all[..at]));
+            }
+            proptest::prop_assert_eq!(many.size(), total as u64);
+        }
     }
 }

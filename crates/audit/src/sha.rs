@@ -74,6 +74,77 @@ pub fn digest(parts: &[&[u8]]) -> Hash {
     finish(blocks.get(..used).unwrap_or(&blocks))
 }
 
+/// Many messages padded first, then hashed one after the other. A message padded just before
+/// its compression makes the compression wait: its first loads read bytes that the padding's
+/// copies have not written back yet (the loads span several smaller stores, which the CPU
+/// cannot forward). Padded a batch ahead, the bytes are in cache when they are hashed: a
+/// 190-byte entry's leaf hash takes about 121 ns instead of 145 ns, against 117 ns for its
+/// four compressions alone (BENCHMARKS.md, "Leaves and nodes hashed in batches").
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Every message's padded blocks, one message after the other.
+    blocks: Vec<[u8; 64]>,
+    /// Where each message's blocks end in `blocks`.
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    /// Messages added since the last [`Batch::hash_into`].
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Adds `parts[0] || parts[1] || …` as one message (of any length).
+    pub fn push(&mut self, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let start = self.blocks.len();
+        let end = start + (len + 9).div_ceil(64);
+        self.blocks.resize(end, [0; 64]);
+        let flat = self
+            .blocks
+            .get_mut(start..)
+            .unwrap_or_default()
+            .as_flattened_mut();
+        let mut at = 0;
+        for p in parts {
+            if let Some(dst) = flat.get_mut(at..at + p.len()) {
+                dst.copy_from_slice(p);
+            }
+            at += p.len();
+        }
+        if let Some(b) = flat.get_mut(at) {
+            *b = 0x80;
+        }
+        let tail = flat.len().saturating_sub(8);
+        if let Some(dst) = flat.get_mut(tail..) {
+            dst.copy_from_slice(&(len as u64).wrapping_mul(8).to_be_bytes());
+        }
+        self.ends.push(end);
+    }
+
+    /// Adds `tag || left || right` (a node's 65 bytes).
+    pub fn push_pair(&mut self, tag: u8, left: &Hash, right: &Hash) {
+        self.push(&[&[tag], left, right]);
+    }
+
+    /// Hashes the messages in the order they were added, appends their digests to `out`, and
+    /// empties the batch.
+    pub fn hash_into(&mut self, out: &mut Vec<Hash>) {
+        out.reserve(self.ends.len());
+        let mut start = 0;
+        for &end in &self.ends {
+            out.push(finish(self.blocks.get(start..end).unwrap_or_default()));
+            start = end;
+        }
+        self.blocks.clear();
+        self.ends.clear();
+    }
+}
+
 /// `SHA-256(tag || left || right)`: 65 bytes, two blocks.
 #[inline]
 pub fn pair(tag: u8, left: &Hash, right: &Hash) -> Hash {
@@ -127,6 +198,33 @@ mod tests {
         let (l, r) = ([0x11; 32], [0xee; 32]);
         assert_eq!(pair(0x01, &l, &r), reference(&[&[0x01], &l, &r]));
         assert_eq!(pair(0x00, &r, &l), reference(&[&[0x00], &r, &l]));
+    }
+
+    #[test]
+    fn a_batch_hashes_each_message_as_sha256_in_order() {
+        let bytes: Vec<u8> = (0..700u32).map(|i| (i * 29 + 3) as u8).collect();
+        let mut batch = Batch::default();
+        let mut expected = Vec::new();
+        // Every length on and past each block boundary, and long ones, in one batch.
+        for len in (0..=300).chain([447, 448, 700]) {
+            let m = bytes.get(..len).unwrap_or_default();
+            let (a, b) = m.split_at(len / 2);
+            batch.push(&[a, b]);
+            expected.push(reference(&[m]));
+        }
+        batch.push_pair(0x01, &[7; 32], &[9; 32]);
+        expected.push(reference(&[&[0x01], &[7; 32], &[9; 32]]));
+        assert_eq!(batch.len(), expected.len());
+        let mut out = vec![[0xaa; 32]];
+        batch.hash_into(&mut out);
+        assert_eq!(out.first(), Some(&[0xaa; 32]), "appends");
+        assert_eq!(out.get(1..), Some(expected.as_slice()));
+        assert!(batch.is_empty());
+        // Reused after hashing.
+        batch.push(&[b"abc"]);
+        let mut again = Vec::new();
+        batch.hash_into(&mut again);
+        assert_eq!(again, vec![reference(&[b"abc"])]);
     }
 
     proptest! {

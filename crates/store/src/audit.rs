@@ -13,9 +13,11 @@ use bulkhead_audit::checkpoint::{
     BatchPath, ConsistencyProofJson, EntryJson, InclusionProofJson, SignatureCache,
     consistency_json_after, inclusion_json_after,
 };
-use bulkhead_audit::entry::entry_leaf;
+use bulkhead_audit::entry::{entry_leaf, pad_entry_leaf};
+use bulkhead_audit::merkle::Scratch;
+use bulkhead_audit::sha::Batch;
 use bulkhead_audit::{
-    Actor, AuditKey, AuditPublicKey, Checkpoint, CompactRange, EntryBody, LogId, Outcome,
+    Actor, AuditKey, AuditPublicKey, Checkpoint, CompactRange, EntryBody, Hash, LogId, Outcome,
     SignedCheckpoint,
 };
 use bulkhead_core::{TenantContext, Timestamp};
@@ -817,27 +819,64 @@ impl LogCheck {
         Ok(c)
     }
 
-    /// The next stored entry (hashes its bytes; checks position and stored leaf; checks every
-    /// checkpoint the tree reaches).
-    fn push(&mut self, seq: u64, body: &[u8], stored_leaf: &[u8; 32]) -> Result<(), VerifyFailure> {
-        // The hash is what proves the bytes; their format is the server's own business (the
-        // listing reports unreadable entries).
-        let leaf = entry_leaf(self.log, seq, body);
-        if seq != self.range.size() {
+    /// The next stored entries, from position `first` on: each one's body length and stored
+    /// leaf hash in `entries`, and the leaf hash of its bytes in `leaves`. Checks their
+    /// positions and stored leaves, adds them to the tree, and checks every checkpoint the
+    /// tree reaches on the way; the first failure in position order is reported.
+    fn push_hashed(
+        &mut self,
+        first: u64,
+        entries: &[(usize, Hash)],
+        leaves: &[Hash],
+        scratch: &mut Scratch,
+    ) -> Result<(), VerifyFailure> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if first != self.range.size() {
             return Err(self.fail(
                 format!("entry {}", self.range.size()),
-                format!("missing: the next stored entry is {seq}"),
+                format!("missing: the next stored entry is {first}"),
             ));
         }
-        if &leaf != stored_leaf {
+        // The entries before the first whose bytes do not match its stored leaf go into the
+        // tree (a checkpoint among them fails first).
+        let good = entries
+            .iter()
+            .zip(leaves)
+            .position(|((_, stored), leaf)| stored != leaf)
+            .unwrap_or(entries.len().min(leaves.len()));
+        let mut at = 0;
+        while at < good {
+            // Up to the next checkpoint, or to the end.
+            let next = self.cps.front().map_or(u64::MAX, |cp| cp.size);
+            let room =
+                usize::try_from(next.saturating_sub(self.range.size())).unwrap_or(usize::MAX);
+            let end = good.min(at.saturating_add(room.max(1)));
+            let (Some(part), Some(sizes)) = (leaves.get(at..end), entries.get(at..end)) else {
+                break;
+            };
+            self.range.extend(part, scratch);
+            self.report.entries += part.len() as u64;
+            self.report.bytes += sizes
+                .iter()
+                .map(|(len, _)| (bulkhead_audit::entry::HEADER_LEN + len + 1) as u64)
+                .sum::<u64>();
+            at = end;
+            self.reached()?;
+        }
+        if good < entries.len() {
             return Err(self.fail(
-                format!("entry {seq}"),
+                format!("entry {}", first + good as u64),
                 "its bytes do not match its stored leaf hash",
             ));
         }
-        self.report.bytes += (bulkhead_audit::entry::HEADER_LEN + body.len() + 1) as u64;
-        self.range.push(leaf);
-        self.report.entries += 1;
+        Ok(())
+    }
+
+    /// Checks the checkpoints of the tree's current size (root and frontier); their
+    /// signatures are checked later.
+    fn reached(&mut self) -> Result<(), VerifyFailure> {
         while self
             .cps
             .front()
@@ -885,6 +924,68 @@ impl LogCheck {
 
     fn take_signatures(&mut self) -> Vec<CheckpointRow> {
         std::mem::take(&mut self.sigs)
+    }
+}
+
+/// Entries waiting to be checked together, and the buffers the verifier reuses: their leaves
+/// are padded as they come and hashed all at once ([`Batch`]), and the tree's nodes are
+/// hashed level by level ([`CompactRange::extend`]).
+#[derive(Default)]
+struct Pending {
+    /// Position of the first entry waiting.
+    first: u64,
+    /// Body length and stored leaf hash of each entry waiting.
+    entries: Vec<(usize, Hash)>,
+    batch: Batch,
+    leaves: Vec<Hash>,
+    scratch: Scratch,
+}
+
+/// Entries hashed together at most: their padded leaves stay in the core's first-level cache.
+const BATCH: usize = 64;
+
+impl Pending {
+    /// Adds the entry at `seq` of `log`; the entries waiting are consecutive.
+    fn add(&mut self, log: LogId, seq: u64, body: &[u8], stored: Hash) {
+        if self.entries.is_empty() {
+            self.first = seq;
+        }
+        pad_entry_leaf(&mut self.batch, log, seq, body);
+        self.entries.push((body.len(), stored));
+    }
+
+    /// The position after the entries waiting.
+    fn next(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    fn is_full(&self) -> bool {
+        self.entries.len() >= BATCH
+    }
+
+    /// Checks the entries waiting against `check` (see [`LogCheck::push_hashed`]).
+    fn check(&mut self, check: &mut LogCheck) -> Result<(), VerifyFailure> {
+        self.leaves.clear();
+        self.batch.hash_into(&mut self.leaves);
+        let r = check.push_hashed(self.first, &self.entries, &self.leaves, &mut self.scratch);
+        self.entries.clear();
+        r
+    }
+
+    /// Checks `rows` (stored entries of `check`'s log in position order) against `check`.
+    fn check_rows(
+        &mut self,
+        check: &mut LogCheck,
+        rows: &[crate::port::AuditRow],
+    ) -> Result<(), VerifyFailure> {
+        for r in rows {
+            // A gap in the positions is checked on its own (and fails as missing).
+            if (!self.entries.is_empty() && r.seq != self.next()) || self.is_full() {
+                self.check(check)?;
+            }
+            self.add(check.log, r.seq, &r.body, r.leaf);
+        }
+        self.check(check)
     }
 }
 
@@ -955,6 +1056,7 @@ pub async fn verify_log(
         checkpoints.extend(more);
     }
     let mut check = LogCheck::start(log, first, checkpoints)?;
+    let mut pending = Pending::default();
     let mut from = check.range.size();
     let outcome = loop {
         let rows = match backend.audit_entries(scope, from, CHUNK).await {
@@ -971,10 +1073,7 @@ pub async fn verify_log(
                 } else {
                     Vec::new()
                 };
-                if let Err(f) = rows
-                    .iter()
-                    .try_for_each(|r| check.push(r.seq, &r.body, &r.leaf))
-                {
+                if let Err(f) = pending.check_rows(&mut check, &rows) {
                     break Err(f);
                 }
                 break Err(check.fail(format!("entry {at}"), what));
@@ -985,10 +1084,7 @@ pub async fn verify_log(
             break Ok(());
         };
         let last_seq = last.seq;
-        if let Err(f) = rows
-            .iter()
-            .try_for_each(|r| check.push(r.seq, &r.body, &r.leaf))
-        {
+        if let Err(f) = pending.check_rows(&mut check, &rows) {
             break Err(f);
         }
         progress(check.report.entries);
@@ -1024,6 +1120,7 @@ struct Share {
     key: AuditPublicKey,
     /// Batch signatures checked so far (by this worker, across its units).
     cache: SignatureCache,
+    pending: Pending,
 }
 
 impl Share {
@@ -1079,17 +1176,27 @@ impl Share {
         let Some(c) = self.current.as_mut() else {
             return Ok(());
         };
+        let pending = &mut self.pending;
         let mut seq = b.first;
         for e in bulkhead_audit::block::entries(b.bytes) {
-            let (_, body, stored) = e.map_err(|e| {
-                c.fail(
-                    format!("entry {seq}"),
-                    format!("its stored block is damaged: {e}"),
-                )
-            })?;
-            c.push(seq, body, &stored)?;
+            let (_, body, stored) = match e {
+                Ok(e) => e,
+                Err(e) => {
+                    // The entries before the damage are checked first.
+                    pending.check(c)?;
+                    return Err(c.fail(
+                        format!("entry {seq}"),
+                        format!("its stored block is damaged: {e}"),
+                    ));
+                }
+            };
+            if pending.is_full() {
+                pending.check(c)?;
+            }
+            pending.add(c.log, seq, body, stored);
             seq += 1;
         }
+        pending.check(c)?;
         if seq - b.first != b.count {
             return Err(c.fail(
                 format!("entry {seq}"),
@@ -1328,6 +1435,7 @@ async fn verify_unit(
         failure: None,
         key: key.clone(),
         cache,
+        pending: Pending::default(),
     })));
     let visitor = {
         let (share, units, progress) = (share.clone(), units.clone(), progress.clone());
