@@ -22,6 +22,7 @@
 #   VERIFY_TENANTS=20 VERIFY_DURATION=30   the long-logs data set
 #   OUT=target/bench/audit-<date>   where results go
 #   BIN=target/release/bulkhead     binary to use; SKIP_BUILD=1 to not build
+#   KEEP=DIR                        keep the data directories in DIR
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -52,7 +53,14 @@ fi
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 mkdir -p "$OUT"
-work=$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-audit-bench.XXXXXX")
+# KEEP=DIR keeps the servers' data directories in DIR (DIR/on, DIR/off, DIR/long) for
+# profiling the verifier on them.
+if [[ -n ${KEEP:-} ]]; then
+    mkdir -p "$KEEP"
+    work=$(cd "$KEEP" && pwd)
+else
+    work=$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-audit-bench.XXXXXX")
+fi
 ADMIN=$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')
 declare -A port pid
 cleanup() {
@@ -62,7 +70,7 @@ cleanup() {
             wait "${pid[$mode]}" 2>/dev/null || true
         fi
     done
-    rm -rf "$work"
+    [[ -n ${KEEP:-} ]] || rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

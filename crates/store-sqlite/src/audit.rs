@@ -503,8 +503,8 @@ fn log_of(b: &[u8]) -> rusqlite::Result<LogId> {
 
 /// Hands `visit` the checkpoints of the logs from `from` to below `until`, in `(log, size)`
 /// order, then their blocks, in `(log, first)` order, until it says `Break`. Each block's
-/// bytes are copied once, straight from the database into one reused buffer (one blob handle,
-/// moved from row to row), and visited while they are still in cache.
+/// row is found once, its bytes copied once from the database (SQLite reads a block's
+/// overflow pages straight into the column's buffer) and visited while still in cache.
 pub(crate) fn visit(
     c: &Connection,
     from: Option<LogId>,
@@ -526,30 +526,15 @@ pub(crate) fn visit(
         }
     }
     let mut st = c.prepare_cached(
-        "SELECT id, log, first, count FROM audit_blocks
+        "SELECT log, first, count, entries FROM audit_blocks
          WHERE log >= ?1 AND log < ?2 ORDER BY log, first",
     )?;
     let mut rows = st.query(params![from, until])?;
-    let mut buf = Vec::new();
-    let mut blob: Option<rusqlite::blob::Blob<'_>> = None;
     while let Some(r) = rows.next()? {
-        let id: i64 = r.get(0)?;
-        let log = log_of(r.get_ref(1)?.as_blob()?)?;
-        let first = to_u64(r.get(2)?)?;
-        let count = to_u64(r.get(3)?)?;
-        let b = match blob.as_mut() {
-            Some(b) => {
-                b.reopen(id)?;
-                b
-            }
-            None => blob.insert(c.blob_open("main", "audit_blocks", "entries", id, true)?),
-        };
-        let len = b.len();
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let bytes = buf.get_mut(..len).ok_or_else(|| bad("block"))?;
-        b.read_at_exact(bytes, 0)?;
+        let log = log_of(r.get_ref(0)?.as_blob()?)?;
+        let first = to_u64(r.get(1)?)?;
+        let count = to_u64(r.get(2)?)?;
+        let bytes = r.get_ref(3)?.as_blob()?;
         if visit(AuditScanItem::Block(AuditBlockRef {
             log,
             first,
