@@ -9,6 +9,8 @@
 //! block = entry*      entry = body length (u32 big-endian) || body || leaf hash (32 bytes)
 //! ```
 
+use std::ops::ControlFlow;
+
 use crate::merkle::Hash;
 
 /// Most entries a writer puts in one block.
@@ -56,6 +58,62 @@ pub fn entries_exact(bytes: &[u8], count: u64) -> Result<Vec<(&[u8], Hash)>, Blo
         });
     }
     Ok(out)
+}
+
+/// Where a stored block cannot give its entries: the position of the first entry it cannot
+/// give (its first position plus the entry's place), and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Damage {
+    pub at: u64,
+    pub error: BlockError,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.error {
+            BlockError::Count { expected, found } => {
+                write!(f, "its block says {expected} entries but holds {found}")
+            }
+            e => write!(f, "its stored block is damaged: {e}"),
+        }
+    }
+}
+
+/// Hands `f` the entries of the block that starts at position `first` and must hold `count`
+/// of them — each one's position, body and stored leaf hash, in order — until `f` breaks
+/// (its break is returned). Entries past `count` are parsed (to count them), not handed out.
+/// A block that does not parse, or holds another number of entries, is damaged: the entries
+/// before the damage are handed out first, and the damage is at the first entry that cannot
+/// be given (`first + count` when it holds more).
+pub fn each_entry<B>(
+    bytes: &[u8],
+    first: u64,
+    count: u64,
+    mut f: impl FnMut(u64, &[u8], Hash) -> ControlFlow<B>,
+) -> Result<ControlFlow<B>, Damage> {
+    let mut found = 0u64;
+    for (i, e) in (0u64..).zip(entries(bytes)) {
+        let (_, body, leaf) = e.map_err(|error| Damage {
+            at: first + i,
+            error,
+        })?;
+        found = i + 1;
+        if i < count
+            && let ControlFlow::Break(b) = f(first + i, body, leaf)
+        {
+            return Ok(ControlFlow::Break(b));
+        }
+    }
+    if found != count {
+        return Err(Damage {
+            at: first + found.min(count),
+            error: BlockError::Count {
+                expected: count,
+                found,
+            },
+        });
+    }
+    Ok(ControlFlow::Continue(()))
 }
 
 /// Iterator over a block's entries (see [`entries`]); stops after the first error.
@@ -127,5 +185,56 @@ mod tests {
         long[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(entries_exact(&long, 3), Err(BlockError::Truncated));
         assert!(entries_exact(&[], 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_entry_hands_out_positions_and_names_the_damage() {
+        let mut b = Vec::new();
+        for (i, body) in [&b"a"[..], b"bb", b"ccc"].iter().enumerate() {
+            push(&mut b, body, &[i as u8; 32]).unwrap();
+        }
+        let all = |bytes: &[u8], count| {
+            let mut seen = Vec::new();
+            let r = each_entry::<()>(bytes, 10, count, |seq, body, leaf| {
+                seen.push((seq, body.to_vec(), leaf[0]));
+                ControlFlow::Continue(())
+            });
+            (seen, r)
+        };
+        let (seen, r) = all(&b, 3);
+        assert_eq!(r, Ok(ControlFlow::Continue(())));
+        assert_eq!(
+            seen,
+            vec![
+                (10, b"a".to_vec(), 0),
+                (11, b"bb".to_vec(), 1),
+                (12, b"ccc".to_vec(), 2)
+            ]
+        );
+        // Fewer than the row says: all handed out, the damage where the next should be.
+        let (seen, r) = all(&b, 4);
+        assert_eq!(seen.len(), 3);
+        let d = r.unwrap_err();
+        assert_eq!(d.at, 13);
+        assert_eq!(d.to_string(), "its block says 4 entries but holds 3");
+        // More than the row says: only `count` handed out.
+        let (seen, r) = all(&b, 2);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(r.unwrap_err().at, 12);
+        // Cut inside the third entry: the two before it first.
+        let (seen, r) = all(&b[..b.len() - 1], 3);
+        assert_eq!(seen.len(), 2);
+        let d = r.unwrap_err();
+        assert_eq!((d.at, d.error), (12, BlockError::Truncated));
+        assert!(d.to_string().starts_with("its stored block is damaged"));
+        // A break stops it and is returned.
+        let r = each_entry(&b, 0, 3, |seq, _, _| {
+            if seq == 1 {
+                ControlFlow::Break(seq)
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(r, Ok(ControlFlow::Break(1)));
     }
 }

@@ -218,6 +218,7 @@ async fn sqlite_verify_and_tamper() {
         let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         at += 4 + len + 32;
     }
+    let original = bytes.clone();
     bytes[at + 4 + 3] ^= 0x10;
     db.execute_batch("DROP TRIGGER audit_blocks_append_only")
         .unwrap();
@@ -258,6 +259,37 @@ async fn sqlite_verify_and_tamper() {
             out.contains(&format!("log `{tenant}`"))
                 && out.contains("entry 2")
                 && out.contains("damaged"),
+            "{args:?}: {out}"
+        );
+    }
+
+    // ... then restores the bytes and makes the block's row claim one entry more than it
+    // holds: the entry after its last is named, as a block that does not hold what it says.
+    let db = rusqlite::Connection::open(bulkhead_store_sqlite::audit_database_path(&data)).unwrap();
+    let count: i64 = db
+        .query_row(
+            "UPDATE audit_blocks SET entries = ?2, count = count + 1 WHERE id = ?1
+             RETURNING count - 1",
+            rusqlite::params![rowid, original],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(db);
+    let missing = format!("entry {}", first + count);
+    for args in [
+        vec!["audit", "verify", "--all", "--data-dir", &d],
+        vec!["audit", "verify", "--tenant", &tenant, "--data-dir", &d],
+    ] {
+        let bad = run(&args, &[]);
+        assert!(!bad.status.success());
+        let out = text(&bad);
+        assert!(
+            out.contains(&format!("log `{tenant}`"))
+                && out.contains(&missing)
+                && out.contains(&format!(
+                    "its block says {} entries but holds {count}",
+                    count + 1
+                )),
             "{args:?}: {out}"
         );
     }

@@ -98,30 +98,24 @@ fn each_in_block(
     count: u64,
     f: &mut impl FnMut(u64, &[u8], &[u8; 32]) -> bool,
 ) -> rusqlite::Result<bool> {
-    let damaged = |at, what: String| {
+    block::each_entry(bytes, first, count, |seq, body, leaf| {
+        if f(seq, body, &leaf) {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+    .map(|flow| flow.is_continue())
+    .map_err(|d| {
         rusqlite::Error::FromSqlConversionFailure(
             2,
             rusqlite::types::Type::Blob,
-            Box::new(DamagedBlock { at, what }),
+            Box::new(DamagedBlock {
+                at: d.at,
+                what: d.to_string(),
+            }),
         )
-    };
-    // One pass: entries past `count` are parsed (to count them and catch damage), not handed out.
-    let mut found = 0;
-    for (i, e) in (0u64..).zip(block::entries(bytes)) {
-        let (_, body, leaf) =
-            e.map_err(|e| damaged(first + i, format!("its stored block is damaged: {e}")))?;
-        found = i + 1;
-        if i < count && !f(first + i, body, &leaf) {
-            return Ok(false);
-        }
-    }
-    if found != count {
-        return Err(damaged(
-            first + found.min(count),
-            format!("its block says {count} entries but holds {found}"),
-        ));
-    }
-    Ok(true)
+    })
 }
 
 /// Stores a block of the log's entries starting at `first`.

@@ -1177,37 +1177,25 @@ impl Share {
             return Ok(());
         };
         let pending = &mut self.pending;
-        let mut seq = b.first;
-        for e in bulkhead_audit::block::entries(b.bytes) {
-            let (_, body, stored) = match e {
-                Ok(e) => e,
-                Err(e) => {
-                    // The entries before the damage are checked first.
-                    pending.check(c)?;
-                    return Err(c.fail(
-                        format!("entry {seq}"),
-                        format!("its stored block is damaged: {e}"),
-                    ));
+        let read =
+            bulkhead_audit::block::each_entry(b.bytes, b.first, b.count, |seq, body, leaf| {
+                if pending.is_full()
+                    && let Err(f) = pending.check(c)
+                {
+                    return ControlFlow::Break(f);
                 }
-            };
-            if pending.is_full() {
+                pending.add(c.log, seq, body, leaf);
+                ControlFlow::Continue(())
+            });
+        match read {
+            Ok(ControlFlow::Break(f)) => Err(f),
+            Ok(ControlFlow::Continue(())) => pending.check(c),
+            Err(damage) => {
+                // The entries before the damage are checked first.
                 pending.check(c)?;
+                Err(c.fail(format!("entry {}", damage.at), damage.to_string()))
             }
-            pending.add(c.log, seq, body, stored);
-            seq += 1;
         }
-        pending.check(c)?;
-        if seq - b.first != b.count {
-            return Err(c.fail(
-                format!("entry {seq}"),
-                format!(
-                    "its block says {} entries but holds {}",
-                    b.count,
-                    seq - b.first
-                ),
-            ));
-        }
-        Ok(())
     }
 
     /// The end of the unit: the last log, and logs with checkpoints but no stored entry.
