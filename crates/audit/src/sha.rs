@@ -99,6 +99,7 @@ impl Batch {
     }
 
     /// Adds `parts[0] || parts[1] || …` as one message (of any length).
+    #[inline]
     pub fn push(&mut self, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let start = self.blocks.len();
