@@ -42,8 +42,8 @@ use zeroize::Zeroizing;
 
 use crate::entry::{EntryBody, LogId, split_entry};
 use crate::merkle::{
-    CompactRange, Hash, all_inclusion_proofs, leaf_hash, root_from_inclusion, verify_consistency,
-    verify_inclusion,
+    CompactRange, Hash, all_inclusion_proofs, leaf_hash, node_hash, root_from_inclusion,
+    verify_consistency, verify_inclusion,
 };
 use crate::{hex, parse_hash};
 
@@ -69,18 +69,39 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The exact bytes that are signed.
     pub fn signed_text(&self) -> String {
-        format!(
-            "{CHECKPOINT_HEADER}\nlog {}\nsize {}\nroot {}\ntime {}\n",
-            self.log,
-            self.size,
-            hex(&self.root),
-            self.time_us
-        )
+        let mut text = String::with_capacity(192);
+        self.write_text(&mut text);
+        text
+    }
+
+    /// Appends [`Checkpoint::signed_text`] to `out`.
+    fn write_text(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut root = [0u8; 64];
+        // 32 bytes always fit 64 hex digits, which are ASCII.
+        let root = match ::hex::encode_to_slice(self.root, &mut root) {
+            Ok(()) => std::str::from_utf8(&root).unwrap_or_default(),
+            Err(_) => "",
+        };
+        // Writing to a `String` cannot fail.
+        let _ = write!(
+            out,
+            "{CHECKPOINT_HEADER}\nlog {}\nsize {}\nroot {root}\ntime {}\n",
+            self.log, self.size, self.time_us
+        );
     }
 
     /// Its leaf in a batch: `SHA-256(0x00 || signed text)`.
     pub fn batch_leaf(&self) -> Hash {
-        leaf_hash(self.signed_text().as_bytes())
+        self.batch_leaf_with(&mut String::new())
+    }
+
+    /// [`Checkpoint::batch_leaf`], writing the text in `buf` (cleared first, reused by the
+    /// caller across checkpoints).
+    fn batch_leaf_with(&self, buf: &mut String) -> Hash {
+        buf.clear();
+        self.write_text(buf);
+        leaf_hash(buf.as_bytes())
     }
 }
 
@@ -145,11 +166,116 @@ impl SignedCheckpoint {
     }
 }
 
-/// Batch signatures already checked by [`AuditPublicKey::verify_cached`]: a round's
-/// checkpoints share one.
+/// Batch signatures already checked by [`AuditPublicKey::verify_cached`] (a round's
+/// checkpoints share one), and the nodes of those batches' trees that checked paths went
+/// through, so that the next checkpoint of a batch hashes its path only up to where it meets
+/// one checked before.
 #[derive(Debug, Default)]
 pub struct SignatureCache {
     seen: std::collections::HashSet<(u64, Hash, [u8; 64])>,
+    known: std::collections::HashMap<(u64, [u8; 64]), KnownBatch>,
+    /// A checkpoint's text, written here for its leaf.
+    text: String,
+}
+
+/// Batches whose nodes a [`SignatureCache`] keeps at most (each at most `2 × width` hashes,
+/// 64 KiB for [`BATCH_WIDTH`]); past it, it starts again.
+const KNOWN_BATCHES: usize = 128;
+
+/// Widest batch whose nodes are kept (a power of two); wider ones are checked path by path.
+const KNOWN_WIDTH: u64 = 4096;
+
+/// The nodes of one signed batch's tree that checked paths went through, by heap position
+/// (the root at 1, the children of `k` at `2k` and `2k + 1`, slot `i` at `width + i`): each
+/// one hashes up to `root`, which the batch's signature covers.
+#[derive(Debug)]
+struct KnownBatch {
+    root: Hash,
+    nodes: Vec<Hash>,
+    /// Which of `nodes` are set, a bit each.
+    set: Vec<u64>,
+}
+
+impl KnownBatch {
+    fn new(width: u64, root: Hash) -> Self {
+        let n = usize::try_from(2 * width).unwrap_or(0);
+        Self {
+            root,
+            nodes: vec![[0; 32]; n],
+            set: vec![0; n.div_ceil(64)],
+        }
+    }
+
+    fn get(&self, pos: u64) -> Option<&Hash> {
+        let i = usize::try_from(pos).ok()?;
+        let bit = self.set.get(i / 64)? >> (i % 64) & 1;
+        if bit == 1 { self.nodes.get(i) } else { None }
+    }
+
+    fn put(&mut self, pos: u64, h: Hash) {
+        let Ok(i) = usize::try_from(pos) else { return };
+        if let (Some(n), Some(w)) = (self.nodes.get_mut(i), self.set.get_mut(i / 64)) {
+            *n = h;
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    /// Whether `leaf` at heap position `pos` with audit path `path` leads to `root`, read off
+    /// the nodes kept: hashing up from the leaf until a node kept is reached, from where the
+    /// rest of the path must be the siblings kept. `false` when it cannot tell (a node not
+    /// kept on the way), not only when it does not. When it does, the nodes hashed on the way
+    /// and their siblings are kept too.
+    fn vouches(&mut self, leaf: Hash, pos: u64, path: &[Hash]) -> bool {
+        // The nodes hashed, leaf first (a path of a kept width has at most 12 hashes).
+        let mut hashed = [[0u8; 32]; 13];
+        let (mut r, mut at) = (leaf, pos);
+        for level in 0..=path.len() {
+            if self.get(at) == Some(&r) {
+                let rest = path.get(level..).unwrap_or_default();
+                let ok = rest
+                    .iter()
+                    .enumerate()
+                    .all(|(up, p)| self.get((at >> up) ^ 1) == Some(p));
+                if ok {
+                    let below = path.get(..level).unwrap_or_default();
+                    for (up, (h, p)) in hashed.iter().zip(below).enumerate() {
+                        self.put(pos >> up, *h);
+                        self.put((pos >> up) ^ 1, *p);
+                    }
+                }
+                return ok;
+            }
+            let (Some(p), Some(h)) = (path.get(level), hashed.get_mut(level)) else {
+                return false;
+            };
+            *h = r;
+            r = if at & 1 == 1 {
+                node_hash(p, &r)
+            } else {
+                node_hash(&r, p)
+            };
+            at >>= 1;
+        }
+        false
+    }
+}
+
+/// The root that `leaf` at heap position `pos` of a full tree with audit path `path` leads
+/// to, and every node on the way with its sibling, as `(position, hash)` (what
+/// [`root_from_inclusion`] computes for a power-of-two width).
+fn walk_full(leaf: Hash, mut pos: u64, path: &[Hash], nodes: &mut Vec<(u64, Hash)>) -> Hash {
+    let mut r = leaf;
+    for p in path {
+        nodes.push((pos, r));
+        nodes.push((pos ^ 1, *p));
+        r = if pos & 1 == 1 {
+            node_hash(p, &r)
+        } else {
+            node_hash(&r, p)
+        };
+        pos >>= 1;
+    }
+    r
 }
 
 /// The server's audit signing key.
@@ -292,10 +418,60 @@ impl AuditPublicKey {
         let Some(b) = &cp.batch else {
             return strict(&cp.checkpoint.signed_text());
         };
-        let root = cp.batch_root().ok_or(VerifyError::BadSignature)?;
-        let seen = (b.width, root, cp.signature);
+        // A full tree of a width whose nodes are kept: the path's nodes are remembered once
+        // its root is checked, and the batch's next paths stop where they meet them.
+        let full = b.width.is_power_of_two()
+            && b.width <= KNOWN_WIDTH
+            && b.index < b.width
+            && b.path.len() == b.width.trailing_zeros() as usize;
+        if !full {
+            let root = cp.batch_root().ok_or(VerifyError::BadSignature)?;
+            return self.check_batch(b.width, root, cp.signature, cache, strict);
+        }
+        let leaf = cp.checkpoint.batch_leaf_with(&mut cache.text);
+        let pos = b.width + b.index;
+        let key = (b.width, cp.signature);
+        if cache
+            .known
+            .get_mut(&key)
+            .is_some_and(|k| k.vouches(leaf, pos, &b.path))
+        {
+            return Ok(());
+        }
+        let mut nodes = Vec::with_capacity(2 * b.path.len() + 1);
+        let root = walk_full(leaf, pos, &b.path, &mut nodes);
+        self.check_batch(b.width, root, cp.signature, cache, strict)?;
+        if cache.known.len() >= KNOWN_BATCHES && !cache.known.contains_key(&key) {
+            cache.known.clear();
+        }
+        let known = cache
+            .known
+            .entry(key)
+            .or_insert_with(|| KnownBatch::new(b.width, root));
+        if known.root != root {
+            // Another root under the same signature (not possible short of breaking
+            // Ed25519): only the nodes of the one checked last are kept.
+            *known = KnownBatch::new(b.width, root);
+        }
+        nodes.push((1, root));
+        for (p, h) in nodes {
+            known.put(p, h);
+        }
+        Ok(())
+    }
+
+    /// Checks the signature of the batch of `width` slots with root `root` (once per cache).
+    fn check_batch(
+        &self,
+        width: u64,
+        root: Hash,
+        signature: [u8; 64],
+        cache: &mut SignatureCache,
+        strict: impl Fn(&str) -> Result<(), VerifyError>,
+    ) -> Result<(), VerifyError> {
+        let seen = (width, root, signature);
         if !cache.seen.contains(&seen) {
-            strict(&batch_text(b.width, &root))?;
+            strict(&batch_text(width, &root))?;
             cache.seen.insert(seen);
         }
         Ok(())
@@ -803,6 +979,115 @@ mod tests {
         );
         assert_eq!(BatchPath::from_bytes(&[0u8; 15]), None);
         assert_eq!(BatchPath::from_bytes(&[0u8; 17]), None);
+    }
+
+    #[test]
+    fn the_signed_text_is_the_documented_one() {
+        let cp = Checkpoint {
+            log: LogId::Operator,
+            size: 3,
+            root: [0xab; 32],
+            time_us: -42,
+        };
+        let text = format!(
+            "bulkhead audit checkpoint v1\nlog operator\nsize 3\nroot {}\ntime -42\n",
+            "ab".repeat(32)
+        );
+        assert_eq!(cp.signed_text(), text);
+        assert_eq!(cp.batch_leaf(), leaf_hash(text.as_bytes()));
+        // A buffer reused from a longer text is cleared first.
+        let mut buf = "x".repeat(500);
+        assert_eq!(cp.batch_leaf_with(&mut buf), leaf_hash(text.as_bytes()));
+        assert_eq!(buf, text);
+    }
+
+    #[test]
+    fn nodes_kept_vouch_for_their_batch_and_for_nothing_changed() {
+        let k = key();
+        let signed = k.sign_batch(&checkpoints(BATCH_WIDTH + 300), &mut rand_core::OsRng);
+        let mut cache = SignatureCache::default();
+        for s in &signed {
+            k.public().verify_cached(s, &mut cache).unwrap();
+        }
+        assert_eq!((cache.seen.len(), cache.known.len()), (2, 2));
+        // Every path hashed on its way to nodes kept is kept in turn: all 2,047 nodes of the
+        // full batch are kept (its 1,024 slots were all checked).
+        let full = &cache.known[&(BATCH_WIDTH as u64, signed[0].signature)];
+        let kept: u32 = full.set.iter().map(|w| w.count_ones()).sum();
+        assert_eq!(kept, 2 * BATCH_WIDTH as u32 - 1);
+        // Once a batch's paths are checked, its nodes alone vouch for each of them again.
+        for s in &signed {
+            let b = s.batch.as_ref().unwrap();
+            let known = cache.known.get_mut(&(b.width, s.signature)).unwrap();
+            assert!(known.vouches(s.checkpoint.batch_leaf(), b.width + b.index, &b.path));
+            k.public().verify_cached(s, &mut cache).unwrap();
+        }
+        // With every node of both batches kept, any change still fails.
+        for i in [0, 1, 513, BATCH_WIDTH + 7] {
+            let s = &signed[i];
+            let other_batch = signed[if i < BATCH_WIDTH { BATCH_WIDTH } else { 0 }].signature;
+            let neighbour = signed[i + 1].batch.clone();
+            type Change = Box<dyn Fn(&mut SignedCheckpoint)>;
+            let mut changes: Vec<Change> = vec![
+                Box::new(|c| c.checkpoint.size += 1),
+                Box::new(|c| c.checkpoint.root[31] ^= 1),
+                Box::new(|c| c.checkpoint.time_us -= 1),
+                Box::new(|c| c.checkpoint.log = LogId::Operator),
+                Box::new(|c| c.batch.as_mut().unwrap().index ^= 1),
+                Box::new(|c| c.batch.as_mut().unwrap().index ^= 512),
+                Box::new(move |c| c.batch = neighbour.clone()),
+                Box::new(|c| c.signature[0] ^= 1),
+                Box::new(move |c| c.signature = other_batch),
+                Box::new(|c| {
+                    c.batch.as_mut().unwrap().path.pop();
+                }),
+            ];
+            for level in 0..10 {
+                changes.push(Box::new(move |c| {
+                    c.batch.as_mut().unwrap().path[level][level] ^= 0x40;
+                }));
+            }
+            for (n, change) in changes.iter().enumerate() {
+                let mut bad = s.clone();
+                change(&mut bad);
+                assert_ne!(bad, *s);
+                assert_eq!(
+                    k.public().verify_cached(&bad, &mut cache),
+                    Err(VerifyError::BadSignature),
+                    "checkpoint {i}, change {n}"
+                );
+            }
+        }
+        // The genuine ones still verify after the failures.
+        for s in &signed {
+            k.public().verify_cached(s, &mut cache).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_cache_past_its_bound_starts_again_and_still_checks_every_batch() {
+        let k = key();
+        let cps = checkpoints(2);
+        let batches: Vec<Vec<SignedCheckpoint>> = (0..KNOWN_BATCHES + 3)
+            .map(|_| k.sign_batch(&cps, &mut rand_core::OsRng))
+            .collect();
+        let mut cache = SignatureCache::default();
+        for round in 0..2 {
+            for b in &batches {
+                for s in b {
+                    k.public().verify_cached(s, &mut cache).unwrap();
+                    let mut bad = s.clone();
+                    bad.batch.as_mut().unwrap().path[9][0] ^= 1;
+                    assert_eq!(
+                        k.public().verify_cached(&bad, &mut cache),
+                        Err(VerifyError::BadSignature),
+                        "round {round}"
+                    );
+                }
+                assert!(cache.known.len() <= KNOWN_BATCHES);
+            }
+        }
+        assert_eq!(cache.seen.len(), KNOWN_BATCHES + 3);
     }
 
     #[test]
