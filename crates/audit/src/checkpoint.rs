@@ -182,25 +182,27 @@ pub struct SignatureCache {
 /// 64 KiB for [`BATCH_WIDTH`]); past it, it starts again.
 const KNOWN_BATCHES: usize = 128;
 
-/// Widest batch whose nodes are kept (a power of two); wider ones are checked path by path.
-const KNOWN_WIDTH: u64 = 4096;
+/// Widest batch whose nodes are kept (a power of two, `2^MAX_PATH`); wider ones are checked
+/// path by path.
+const KNOWN_WIDTH: u64 = 1 << MAX_PATH;
 
 /// The nodes of one signed batch's tree that checked paths went through, by heap position
 /// (the root at 1, the children of `k` at `2k` and `2k + 1`, slot `i` at `width + i`): each
-/// one hashes up to `root`, which the batch's signature covers.
+/// one hashes up to the root, which the batch's signature covers.
 #[derive(Debug)]
 struct KnownBatch {
-    root: Hash,
     nodes: Vec<Hash>,
     /// Which of `nodes` are set, a bit each.
     set: Vec<u64>,
 }
 
+/// Hashes on a path of a kept width, at most: `log2(KNOWN_WIDTH)`.
+const MAX_PATH: usize = 12;
+
 impl KnownBatch {
-    fn new(width: u64, root: Hash) -> Self {
+    fn new(width: u64) -> Self {
         let n = usize::try_from(2 * width).unwrap_or(0);
         Self {
-            root,
             nodes: vec![[0; 32]; n],
             set: vec![0; n.div_ceil(64)],
         }
@@ -220,14 +222,22 @@ impl KnownBatch {
         }
     }
 
-    /// Whether `leaf` at heap position `pos` with audit path `path` leads to `root`, read off
-    /// the nodes kept: hashing up from the leaf until a node kept is reached, from where the
-    /// rest of the path must be the siblings kept. `false` when it cannot tell (a node not
+    /// Keeps the nodes `hashed` (from heap position `pos` up) and their siblings, the first
+    /// hashes of `path`.
+    fn keep(&mut self, pos: u64, hashed: &[Hash], path: &[Hash]) {
+        for (up, (h, p)) in hashed.iter().zip(path).enumerate() {
+            self.put(pos >> up, *h);
+            self.put((pos >> up) ^ 1, *p);
+        }
+    }
+
+    /// Whether `leaf` at heap position `pos` with audit path `path` leads to the root, read
+    /// off the nodes kept: hashing up from the leaf until a node kept is reached, from where
+    /// the rest of the path must be the siblings kept. `false` when it cannot tell (a node not
     /// kept on the way), not only when it does not. When it does, the nodes hashed on the way
     /// and their siblings are kept too.
     fn vouches(&mut self, leaf: Hash, pos: u64, path: &[Hash]) -> bool {
-        // The nodes hashed, leaf first (a path of a kept width has at most 12 hashes).
-        let mut hashed = [[0u8; 32]; 13];
+        let mut hashed = [[0u8; 32]; MAX_PATH];
         let (mut r, mut at) = (leaf, pos);
         for level in 0..=path.len() {
             if self.get(at) == Some(&r) {
@@ -237,11 +247,7 @@ impl KnownBatch {
                     .enumerate()
                     .all(|(up, p)| self.get((at >> up) ^ 1) == Some(p));
                 if ok {
-                    let below = path.get(..level).unwrap_or_default();
-                    for (up, (h, p)) in hashed.iter().zip(below).enumerate() {
-                        self.put(pos >> up, *h);
-                        self.put((pos >> up) ^ 1, *p);
-                    }
+                    self.keep(pos, hashed.get(..level).unwrap_or_default(), path);
                 }
                 return ok;
             }
@@ -249,33 +255,34 @@ impl KnownBatch {
                 return false;
             };
             *h = r;
-            r = if at & 1 == 1 {
-                node_hash(p, &r)
-            } else {
-                node_hash(&r, p)
-            };
+            r = parent(at, &r, p);
             at >>= 1;
         }
         false
     }
 }
 
-/// The root that `leaf` at heap position `pos` of a full tree with audit path `path` leads
-/// to, and every node on the way with its sibling, as `(position, hash)` (what
+/// The parent of node `r` at heap position `at` and its sibling `sibling`.
+fn parent(at: u64, r: &Hash, sibling: &Hash) -> Hash {
+    if at & 1 == 1 {
+        node_hash(sibling, r)
+    } else {
+        node_hash(r, sibling)
+    }
+}
+
+/// The root that `leaf` at heap position `pos` of a full tree with audit path `path` (at
+/// most [`MAX_PATH`] hashes) leads to, and the nodes on the way, leaf first (what
 /// [`root_from_inclusion`] computes for a power-of-two width).
-fn walk_full(leaf: Hash, mut pos: u64, path: &[Hash], nodes: &mut Vec<(u64, Hash)>) -> Hash {
+fn walk_full(leaf: Hash, mut pos: u64, path: &[Hash]) -> (Hash, [Hash; MAX_PATH]) {
+    let mut hashed = [[0u8; 32]; MAX_PATH];
     let mut r = leaf;
-    for p in path {
-        nodes.push((pos, r));
-        nodes.push((pos ^ 1, *p));
-        r = if pos & 1 == 1 {
-            node_hash(p, &r)
-        } else {
-            node_hash(&r, p)
-        };
+    for (p, h) in path.iter().zip(hashed.iter_mut()) {
+        *h = r;
+        r = parent(pos, &r, p);
         pos >>= 1;
     }
-    r
+    (r, hashed)
 }
 
 /// The server's audit signing key.
@@ -438,8 +445,7 @@ impl AuditPublicKey {
         {
             return Ok(());
         }
-        let mut nodes = Vec::with_capacity(2 * b.path.len() + 1);
-        let root = walk_full(leaf, pos, &b.path, &mut nodes);
+        let (root, hashed) = walk_full(leaf, pos, &b.path);
         self.check_batch(b.width, root, cp.signature, cache, strict)?;
         if cache.known.len() >= KNOWN_BATCHES && !cache.known.contains_key(&key) {
             cache.known.clear();
@@ -447,16 +453,14 @@ impl AuditPublicKey {
         let known = cache
             .known
             .entry(key)
-            .or_insert_with(|| KnownBatch::new(b.width, root));
-        if known.root != root {
+            .or_insert_with(|| KnownBatch::new(b.width));
+        if known.get(1).is_some_and(|r| *r != root) {
             // Another root under the same signature (not possible short of breaking
             // Ed25519): only the nodes of the one checked last are kept.
-            *known = KnownBatch::new(b.width, root);
+            *known = KnownBatch::new(b.width);
         }
-        nodes.push((1, root));
-        for (p, h) in nodes {
-            known.put(p, h);
-        }
+        known.put(1, root);
+        known.keep(pos, &hashed, &b.path);
         Ok(())
     }
 
