@@ -121,9 +121,19 @@ impl Harness for Sqlite {
             AuditTamper::Delete { seq } => {
                 entries.remove((seq - first) as usize);
             }
+            AuditTamper::Hole { seq } => {
+                // The entries after it stay at their positions, in blocks of their own.
+                let after = entries.split_off((seq - first) as usize + 1);
+                entries.pop();
+                write_log(&c, &id, first, &entries);
+                write_blocks(&c, &id, seq + 1, &after);
+                return;
+            }
             AuditTamper::Swap { a, b } => entries.swap((a - first) as usize, (b - first) as usize),
             AuditTamper::TruncateFrom { seq } => entries.truncate((seq - first) as usize),
-            AuditTamper::FlipSignature { .. } | AuditTamper::FlipBatchPath { .. } => {}
+            AuditTamper::FlipSignature { .. }
+            | AuditTamper::FlipBatchPath { .. }
+            | AuditTamper::Rewrite => {}
         }
         let Some((size, column, byte)) = tamper.checkpoint_change() else {
             write_log(&c, &id, first, &entries);
@@ -175,21 +185,48 @@ pub fn read_log(c: &Connection, log: &[u8]) -> (u64, StoredEntries) {
     (first.unwrap(), out)
 }
 
-/// Replaces a log's blocks with one block of `entries` from position `first`.
+/// Replaces a log's blocks with blocks of `entries` from position `first`, of 1, 2, 1, 3, 1,
+/// 2, … entries in turn: a log placed a few entries per round is stored so, and the verifier
+/// checks entries from several blocks together.
 pub fn write_log(c: &Connection, log: &[u8], first: u64, entries: &[(Vec<u8>, Vec<u8>)]) {
-    let mut bytes = Vec::new();
-    for (body, leaf) in entries {
-        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(body);
-        bytes.extend_from_slice(leaf);
-    }
     c.execute("DELETE FROM audit_blocks WHERE log = ?1", [log])
         .unwrap();
-    c.execute(
-        "INSERT INTO audit_blocks (log, first, count, entries) VALUES (?1, ?2, ?3, ?4)",
-        params![log, first as i64, entries.len() as i64, bytes],
-    )
-    .unwrap();
+    write_blocks(c, log, first, entries);
+}
+
+/// Adds blocks of `entries` from position `first` to a log, sized as [`write_log`] sizes them.
+fn write_blocks(c: &Connection, log: &[u8], first: u64, entries: &[(Vec<u8>, Vec<u8>)]) {
+    let mut at = first;
+    for (part, n) in chunks(entries, [1, 2, 1, 3]) {
+        let mut bytes = Vec::new();
+        for (body, leaf) in part {
+            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(body);
+            bytes.extend_from_slice(leaf);
+        }
+        c.execute(
+            "INSERT INTO audit_blocks (log, first, count, entries) VALUES (?1, ?2, ?3, ?4)",
+            params![log, at as i64, n as i64, bytes],
+        )
+        .unwrap();
+        at += n as u64;
+    }
+}
+
+/// `items` cut into consecutive runs of the `sizes` in turn (the last run may be shorter), each
+/// with its length.
+fn chunks<T>(items: &[T], sizes: [usize; 4]) -> Vec<(&[T], usize)> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (part, tail) = rest.split_at((*size).min(rest.len()));
+        out.push((part, part.len()));
+        rest = tail;
+    }
+    out
 }
 
 bulkhead_store::contract_suite!(Sqlite);

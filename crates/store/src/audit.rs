@@ -929,7 +929,9 @@ impl LogCheck {
 
 /// Entries waiting to be checked together, and the buffers the verifier reuses: their leaves
 /// are padded as they come and hashed all at once ([`Batch`]), and the tree's nodes are
-/// hashed level by level ([`CompactRange::extend`]).
+/// hashed level by level ([`CompactRange::extend`]). The entries waiting are consecutive
+/// entries of one log; they may come from several of its blocks (a log placed one entry per
+/// round is stored as blocks of one entry).
 #[derive(Default)]
 struct Pending {
     /// Position of the first entry waiting.
@@ -961,6 +963,10 @@ impl Pending {
 
     fn is_full(&self) -> bool {
         self.entries.len() >= BATCH
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Checks the entries waiting against `check` (see [`LogCheck::push_hashed`]).
@@ -1121,6 +1127,25 @@ struct Share {
     /// Batch signatures checked so far (by this worker, across its units).
     cache: SignatureCache,
     pending: Pending,
+    /// Entries read since the shared progress count was last moved.
+    unreported: u64,
+}
+
+/// How many entries a worker reads between moves of the shared progress count: the count is
+/// shared by every worker, and logs of tiny blocks would otherwise move it every few entries.
+const PROGRESS_STEP: u64 = 4096;
+
+/// Adds a worker's `unreported` entries to the shared count and shows it.
+fn report_progress(units: &Units, progress: &Arc<dyn Fn(u64) + Send + Sync>, unreported: &mut u64) {
+    if *unreported > 0 {
+        let n = std::mem::take(unreported);
+        progress(
+            units
+                .done
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+                + n,
+        );
+    }
 }
 
 impl Share {
@@ -1132,11 +1157,12 @@ impl Share {
         }
     }
 
-    /// Ends the current log: leftover checkpoints, totals.
+    /// Ends the current log: the entries waiting, leftover checkpoints, totals.
     fn end(&mut self) -> Result<(), VerifyFailure> {
-        let Some(c) = self.current.as_ref() else {
+        let Some(c) = self.current.as_mut() else {
             return Ok(());
         };
+        self.pending.check(c)?;
         let r = c.finish();
         // The checkpoints reached come before what is missing at the end.
         self.check_reached()?;
@@ -1168,7 +1194,9 @@ impl Share {
         Ok(())
     }
 
-    /// Verifies the entries of a block (blocks come in `(log, seq)` order).
+    /// Verifies the entries of a block (blocks come in `(log, seq)` order). Its entries join
+    /// those waiting from the log's blocks before it, if they follow on; they are checked when
+    /// a batch is full, at a gap, or when the log ends.
     fn block(&mut self, b: AuditBlockRef<'_>) -> Result<(), VerifyFailure> {
         if self.current.as_ref().is_none_or(|c| c.log != b.log) {
             self.start(b.log, Some(b.first))?;
@@ -1177,6 +1205,9 @@ impl Share {
             return Ok(());
         };
         let pending = &mut self.pending;
+        if !pending.is_empty() && pending.next() != b.first {
+            pending.check(c)?;
+        }
         let read =
             bulkhead_audit::block::each_entry(b.bytes, b.first, b.count, |seq, body, leaf| {
                 if pending.is_full()
@@ -1189,7 +1220,7 @@ impl Share {
             });
         match read {
             Ok(ControlFlow::Break(f)) => Err(f),
-            Ok(ControlFlow::Continue(())) => pending.check(c),
+            Ok(ControlFlow::Continue(())) => Ok(()),
             Err(damage) => {
                 // The entries before the damage are checked first.
                 pending.check(c)?;
@@ -1414,7 +1445,6 @@ async fn verify_unit(
     cache: SignatureCache,
     progress: &Arc<dyn Fn(u64) + Send + Sync>,
 ) -> Result<Share, (crate::BackendError, SignatureCache)> {
-    use std::sync::atomic::Ordering;
     let share = Arc::new(parking_lot::Mutex::new(Some(Share {
         checkpoints: BTreeMap::new(),
         current: None,
@@ -1424,6 +1454,7 @@ async fn verify_unit(
         key: key.clone(),
         cache,
         pending: Pending::default(),
+        unreported: 0,
     })));
     let visitor = {
         let (share, units, progress) = (share.clone(), units.clone(), progress.clone());
@@ -1441,7 +1472,10 @@ async fn verify_unit(
                         s.failed(f);
                         return ControlFlow::Break(());
                     }
-                    progress(units.done.fetch_add(b.count, Ordering::Relaxed) + b.count);
+                    s.unreported += b.count;
+                    if s.unreported >= PROGRESS_STEP {
+                        report_progress(&units, &progress, &mut s.unreported);
+                    }
                 }
             }
             ControlFlow::Continue(())
@@ -1466,6 +1500,7 @@ async fn verify_unit(
         }
         Err(e) => return Err((e, s.cache)),
     }
+    report_progress(units, progress, &mut s.unreported);
     if s.failure.is_none()
         && let Err(f) = s.finish()
     {

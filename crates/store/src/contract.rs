@@ -57,8 +57,15 @@ pub trait Harness: Send + Sync + Sized + 'static {
 pub enum AuditTamper {
     /// Flips one bit of the body of entry `seq` (its stored leaf hash left as it was).
     FlipBodyByte { seq: u64 },
-    /// Deletes entry `seq`.
+    /// Deletes entry `seq` (where the storage keeps entries in blocks, the entries after it
+    /// move up one position in theirs).
     Delete { seq: u64 },
+    /// Deletes entry `seq`; the entries after it keep their positions (a deleted row or
+    /// block).
+    Hole { seq: u64 },
+    /// Stores the log's entries again as they are, the way the changes to entries store them
+    /// (their positive twin: nothing changed, everything verifies).
+    Rewrite,
     /// Swaps the stored rows (body and leaf) of entries `a` and `b`.
     Swap { a: u64, b: u64 },
     /// Deletes every entry from `seq` on.
@@ -1764,6 +1771,7 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
     let cases = [
         (AuditTamper::FlipBodyByte { seq: 2 }, "entry 2"),
         (AuditTamper::Delete { seq: 2 }, "entry 2"),
+        (AuditTamper::Hole { seq: 2 }, "entry 2"),
         (AuditTamper::Swap { a: 1, b: 3 }, "entry 1"),
         (AuditTamper::TruncateFrom { seq: 4 }, "entry 4"),
         (AuditTamper::FlipSignature { size: 6 }, "checkpoint 6"),
@@ -1801,12 +1809,32 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
             6
         );
         let key = audit.public_key().clone();
-        audit.verify(&scope, &key, &|_| {}).await.unwrap();
         let log = LogId::Tenant(a.tenant());
+        env.harness
+            .raw_audit_tamper(log, AuditTamper::Rewrite)
+            .await;
+        audit.verify(&scope, &key, &|_| {}).await.unwrap();
+        verify_every_log(&env, &key, &[log]).await.unwrap();
         env.harness.raw_audit_tamper(log, tamper).await;
-        // The verifier names the first bad place.
-        let err = audit.verify(&scope, &key, &|_| {}).await.unwrap_err();
-        assert_eq!(err.at, at, "{tamper:?}: {err}");
+        // The verifier names the first bad place, log by log and over every log.
+        let one = audit.verify(&scope, &key, &|_| {}).await.unwrap_err();
+        assert_eq!(one.at, at, "{tamper:?}: {one}");
+        let all = verify_every_log(&env, &key, &[log]).await.unwrap_err();
+        assert_eq!(
+            (&all.log, &all.at),
+            (&log.to_string(), &at.to_owned()),
+            "{tamper:?}: {all}"
+        );
+        // A hole is named as one, not as the wrong tree it leaves further on.
+        if let AuditTamper::Hole { seq } = tamper {
+            for err in [&one, &all] {
+                assert!(
+                    err.what
+                        .contains(&format!("missing: the next stored entry is {}", seq + 1)),
+                    "{err}"
+                );
+            }
+        }
         // Proofs from the tampered storage do not check out (or cannot be made).
         let proven = |seq: u64, size: u64| {
             let key = key.clone();
@@ -1818,10 +1846,14 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
             }
         };
         let bad_seq = match tamper {
-            AuditTamper::FlipBodyByte { seq } | AuditTamper::Delete { seq } => seq,
+            AuditTamper::FlipBodyByte { seq }
+            | AuditTamper::Delete { seq }
+            | AuditTamper::Hole { seq } => seq,
             AuditTamper::Swap { a, .. } => a,
             AuditTamper::TruncateFrom { seq } => seq,
             AuditTamper::FlipSignature { size } | AuditTamper::FlipBatchPath { size } => size - 1,
+            // Not a change (and not among the cases).
+            AuditTamper::Rewrite => continue,
         };
         let size = tamper.checkpoint_change().map_or(6, |(size, _, _)| size);
         assert!(!proven(bad_seq, size).await, "{tamper:?}");

@@ -384,7 +384,8 @@ impl<const POOL: usize, const DELAY_MS: u64> Harness for Pg<POOL, DELAY_MS> {
                 body[0] ^= 1;
                 set(seq, body, leaf).await;
             }
-            AuditTamper::Delete { seq } => {
+            // Entries are rows: a deleted one leaves a hole either way.
+            AuditTamper::Delete { seq } | AuditTamper::Hole { seq } => {
                 let n = self
                     .admin
                     .execute(
@@ -412,6 +413,8 @@ impl<const POOL: usize, const DELAY_MS: u64> Harness for Pg<POOL, DELAY_MS> {
                     .unwrap();
                 assert!(n > 0);
             }
+            // Rows are stored one per entry, as they are.
+            AuditTamper::Rewrite => {}
             AuditTamper::FlipSignature { .. } | AuditTamper::FlipBatchPath { .. } => {
                 let Some((size, column, byte)) = tamper.checkpoint_change() else {
                     return;
