@@ -237,28 +237,24 @@ impl KnownBatch {
     /// kept on the way), not only when it does not. When it does, the nodes hashed on the way
     /// and their siblings are kept too.
     fn vouches(&mut self, leaf: Hash, pos: u64, path: &[Hash]) -> bool {
-        let mut hashed = [[0u8; 32]; MAX_PATH];
-        let (mut r, mut at) = (leaf, pos);
-        for level in 0..=path.len() {
-            if self.get(at) == Some(&r) {
-                let rest = path.get(level..).unwrap_or_default();
-                let ok = rest
-                    .iter()
-                    .enumerate()
-                    .all(|(up, p)| self.get((at >> up) ^ 1) == Some(p));
-                if ok {
-                    self.keep(pos, hashed.get(..level).unwrap_or_default(), path);
-                }
-                return ok;
-            }
-            let (Some(p), Some(h)) = (path.get(level), hashed.get_mut(level)) else {
-                return false;
-            };
-            *h = r;
-            r = parent(at, &r, p);
-            at >>= 1;
+        if path.len() > MAX_PATH {
+            return false;
         }
-        false
+        let (level, r, hashed) = climb(leaf, pos, path, |at, r| self.get(at) == Some(r));
+        let at = pos >> level;
+        // Climbed to the root without meeting a node kept (or met one, at the root).
+        if self.get(at) != Some(&r) {
+            return false;
+        }
+        let rest = path.get(level..).unwrap_or_default();
+        let ok = rest
+            .iter()
+            .enumerate()
+            .all(|(up, p)| self.get((at >> up) ^ 1) == Some(p));
+        if ok {
+            self.keep(pos, hashed.get(..level).unwrap_or_default(), path);
+        }
+        ok
     }
 }
 
@@ -271,18 +267,28 @@ fn parent(at: u64, r: &Hash, sibling: &Hash) -> Hash {
     }
 }
 
-/// The root that `leaf` at heap position `pos` of a full tree with audit path `path` (at
-/// most [`MAX_PATH`] hashes) leads to, and the nodes on the way, leaf first (what
-/// [`root_from_inclusion`] computes for a power-of-two width).
-fn walk_full(leaf: Hash, mut pos: u64, path: &[Hash]) -> (Hash, [Hash; MAX_PATH]) {
+/// Hashes up a full tree from `leaf` at heap position `pos` along its audit path `path` (at
+/// most [`MAX_PATH`] hashes), until `stop(position, node)` holds for the node reached or the
+/// path ends: the level stopped at, the node there (the root at the path's end: what
+/// [`root_from_inclusion`] computes for a power-of-two width), and the nodes hashed below it,
+/// leaf first.
+fn climb(
+    leaf: Hash,
+    pos: u64,
+    path: &[Hash],
+    mut stop: impl FnMut(u64, &Hash) -> bool,
+) -> (usize, Hash, [Hash; MAX_PATH]) {
     let mut hashed = [[0u8; 32]; MAX_PATH];
-    let mut r = leaf;
-    for (p, h) in path.iter().zip(hashed.iter_mut()) {
+    let (mut r, mut at) = (leaf, pos);
+    for (level, (p, h)) in path.iter().zip(hashed.iter_mut()).enumerate() {
+        if stop(at, &r) {
+            return (level, r, hashed);
+        }
         *h = r;
-        r = parent(pos, &r, p);
-        pos >>= 1;
+        r = parent(at, &r, p);
+        at >>= 1;
     }
-    (r, hashed)
+    (path.len().min(MAX_PATH), r, hashed)
 }
 
 /// The server's audit signing key.
@@ -445,7 +451,7 @@ impl AuditPublicKey {
         {
             return Ok(());
         }
-        let (root, hashed) = walk_full(leaf, pos, &b.path);
+        let (_, root, hashed) = climb(leaf, pos, &b.path, |_, _| false);
         self.check_batch(b.width, root, cp.signature, cache, strict)?;
         if cache.known.len() >= KNOWN_BATCHES && !cache.known.contains_key(&key) {
             cache.known.clear();

@@ -947,13 +947,24 @@ struct Pending {
 const BATCH: usize = 64;
 
 impl Pending {
-    /// Adds the entry at `seq` of `log`; the entries waiting are consecutive.
-    fn add(&mut self, log: LogId, seq: u64, body: &[u8], stored: Hash) {
+    /// Adds the entry at `seq` of `check`'s log, after checking the entries waiting if they
+    /// are a full batch or it does not follow them (a gap, which the check then names).
+    fn push(
+        &mut self,
+        check: &mut LogCheck,
+        seq: u64,
+        body: &[u8],
+        stored: Hash,
+    ) -> Result<(), VerifyFailure> {
+        if (!self.entries.is_empty() && seq != self.next()) || self.is_full() {
+            self.check(check)?;
+        }
         if self.entries.is_empty() {
             self.first = seq;
         }
-        pad_entry_leaf(&mut self.batch, log, seq, body);
+        pad_entry_leaf(&mut self.batch, check.log, seq, body);
         self.entries.push((body.len(), stored));
+        Ok(())
     }
 
     /// The position after the entries waiting.
@@ -963,10 +974,6 @@ impl Pending {
 
     fn is_full(&self) -> bool {
         self.entries.len() >= BATCH
-    }
-
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Checks the entries waiting against `check` (see [`LogCheck::push_hashed`]).
@@ -985,11 +992,7 @@ impl Pending {
         rows: &[crate::port::AuditRow],
     ) -> Result<(), VerifyFailure> {
         for r in rows {
-            // A gap in the positions is checked on its own (and fails as missing).
-            if (!self.entries.is_empty() && r.seq != self.next()) || self.is_full() {
-                self.check(check)?;
-            }
-            self.add(check.log, r.seq, &r.body, r.leaf);
+            self.push(check, r.seq, &r.body, r.leaf)?;
         }
         self.check(check)
     }
@@ -1205,18 +1208,12 @@ impl Share {
             return Ok(());
         };
         let pending = &mut self.pending;
-        if !pending.is_empty() && pending.next() != b.first {
-            pending.check(c)?;
-        }
         let read =
             bulkhead_audit::block::each_entry(b.bytes, b.first, b.count, |seq, body, leaf| {
-                if pending.is_full()
-                    && let Err(f) = pending.check(c)
-                {
-                    return ControlFlow::Break(f);
+                match pending.push(c, seq, body, leaf) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(f) => ControlFlow::Break(f),
                 }
-                pending.add(c.log, seq, body, leaf);
-                ControlFlow::Continue(())
             });
         match read {
             Ok(ControlFlow::Break(f)) => Err(f),
