@@ -543,6 +543,19 @@ pub(crate) fn visit(
     Ok(())
 }
 
+/// Runs `f` in one read transaction: the checkpoints and the blocks it reads are one snapshot,
+/// whatever a running server places, signs or prunes meanwhile.
+pub(crate) fn in_snapshot<T>(
+    c: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.execute_batch("BEGIN DEFERRED")?;
+    let out = f(c);
+    let end = c.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
+    let out = out?;
+    end.map(|()| out)
+}
+
 /// Every log with stored entries, in order, and about how many it has, from the index alone:
 /// the span between its first and last block's starts, and the last block at the log's
 /// average block length; a log of one block counts as [`ESTIMATED_BLOCK`] entries.

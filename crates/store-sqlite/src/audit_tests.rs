@@ -625,6 +625,52 @@ fn visit(env: &Env, from: Option<LogId>, until: Option<LogId>, stop_after: usize
     seen
 }
 
+/// The log blocks a visit of `reader` hands out, in one snapshot (as the verifier reads); on
+/// the first checkpoint it is handed, `meanwhile` runs (a running server's write).
+fn blocks_seen(reader: &Connection, of: LogId, mut meanwhile: impl FnMut()) -> u64 {
+    let mut blocks = 0;
+    let mut first = true;
+    audit::in_snapshot(reader, |r| {
+        audit::visit(r, None, None, &mut |item| {
+            match item {
+                AuditScanItem::Checkpoint(..) if first => {
+                    first = false;
+                    meanwhile();
+                }
+                AuditScanItem::Block(b) if b.log == of => blocks += 1,
+                _ => {}
+            }
+            ControlFlow::Continue(())
+        })
+    })
+    .unwrap();
+    blocks
+}
+
+/// A visit reads the checkpoints and the blocks in one snapshot: retention committed by a
+/// running server while the checkpoints are handed out does not take blocks away from under
+/// them. Positive twin: a visit begun after the prune sees the blocks gone.
+#[tokio::test]
+async fn a_visit_reads_one_snapshot() {
+    let env = scan_env().await;
+    let c = log(3);
+    audit::put_checkpoint(&env.audit, c, &checkpoint(2)).unwrap();
+    let path = crate::audit_database_path(env.dir.path());
+    let reader = schema::open_reader(&path, true).unwrap();
+    let pruned = std::cell::Cell::new(false);
+    let seen = blocks_seen(&reader, c, || {
+        assert_eq!(audit::prune(&env.audit, c, 2).unwrap(), 2);
+        pruned.set(true);
+    });
+    assert!(pruned.get());
+    assert_eq!(seen, 1, "the block as it was when the visit began");
+    assert_eq!(
+        blocks_seen(&reader, c, || {}),
+        0,
+        "a later visit sees the prune"
+    );
+}
+
 #[tokio::test]
 async fn visit_hands_out_checkpoints_then_whole_blocks_in_log_order() {
     let env = scan_env().await;

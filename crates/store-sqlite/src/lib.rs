@@ -1066,8 +1066,10 @@ impl AuditBackend for SqliteStore {
         until: Option<LogId>,
         mut visit: AuditVisitor,
     ) -> Result<Option<()>, BackendError> {
-        self.audit_read(move |c| audit::visit(c, from, until, &mut visit))
-            .await
-            .map(Some)
+        self.audit_read(move |c| {
+            audit::in_snapshot(c, |c| audit::visit(c, from, until, &mut visit))
+        })
+        .await
+        .map(Some)
     }
 }

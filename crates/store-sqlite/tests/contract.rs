@@ -129,6 +129,23 @@ impl Harness for Sqlite {
                 write_blocks(&c, &id, seq + 1, &after);
                 return;
             }
+            AuditTamper::RewriteBackwards => {
+                c.execute("DELETE FROM audit_blocks WHERE log = ?1", [&id[..]])
+                    .unwrap();
+                let blocks = chunks(&entries, [1, 2, 1, 3]);
+                let mut at: Vec<u64> = blocks
+                    .iter()
+                    .scan(first, |next, (_, n)| {
+                        let start = *next;
+                        *next += *n as u64;
+                        Some(start)
+                    })
+                    .collect();
+                for (part, n) in blocks.into_iter().rev() {
+                    insert_block(&c, &id, at.pop().unwrap(), part, n);
+                }
+                return;
+            }
             AuditTamper::Swap { a, b } => entries.swap((a - first) as usize, (b - first) as usize),
             AuditTamper::TruncateFrom { seq } => entries.truncate((seq - first) as usize),
             AuditTamper::FlipSignature { .. }
@@ -198,19 +215,24 @@ pub fn write_log(c: &Connection, log: &[u8], first: u64, entries: &[(Vec<u8>, Ve
 fn write_blocks(c: &Connection, log: &[u8], first: u64, entries: &[(Vec<u8>, Vec<u8>)]) {
     let mut at = first;
     for (part, n) in chunks(entries, [1, 2, 1, 3]) {
-        let mut bytes = Vec::new();
-        for (body, leaf) in part {
-            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(body);
-            bytes.extend_from_slice(leaf);
-        }
-        c.execute(
-            "INSERT INTO audit_blocks (log, first, count, entries) VALUES (?1, ?2, ?3, ?4)",
-            params![log, at as i64, n as i64, bytes],
-        )
-        .unwrap();
+        insert_block(c, log, at, part, n);
         at += n as u64;
     }
+}
+
+/// Stores `part` (`n` entries) as one block of `log` from position `at`, after every row.
+fn insert_block(c: &Connection, log: &[u8], at: u64, part: &[(Vec<u8>, Vec<u8>)], n: usize) {
+    let mut bytes = Vec::new();
+    for (body, leaf) in part {
+        bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(leaf);
+    }
+    c.execute(
+        "INSERT INTO audit_blocks (log, first, count, entries) VALUES (?1, ?2, ?3, ?4)",
+        params![log, at as i64, n as i64, bytes],
+    )
+    .unwrap();
 }
 
 /// `items` cut into consecutive runs of the `sizes` in turn (the last run may be shorter), each

@@ -66,6 +66,10 @@ pub enum AuditTamper {
     /// Stores the log's entries again as they are, the way the changes to entries store them
     /// (their positive twin: nothing changed, everything verifies).
     Rewrite,
+    /// Stores the log's entries again as they are, its blocks stored last first (where the
+    /// storage keeps blocks in an order of its own, as retention's replaced block and a moved
+    /// log are: stored after blocks that follow them). A positive twin too.
+    RewriteBackwards,
     /// Swaps the stored rows (body and leaf) of entries `a` and `b`.
     Swap { a: u64, b: u64 },
     /// Deletes every entry from `seq` on.
@@ -1772,6 +1776,8 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
         (AuditTamper::FlipBodyByte { seq: 2 }, "entry 2"),
         (AuditTamper::Delete { seq: 2 }, "entry 2"),
         (AuditTamper::Hole { seq: 2 }, "entry 2"),
+        // Past the last checkpoint: no signed root covers it, only the positions tell.
+        (AuditTamper::Hole { seq: 7 }, "entry 7"),
         (AuditTamper::Swap { a: 1, b: 3 }, "entry 1"),
         (AuditTamper::TruncateFrom { seq: 4 }, "entry 4"),
         (AuditTamper::FlipSignature { size: 6 }, "checkpoint 6"),
@@ -1808,13 +1814,22 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
                 .size,
             6
         );
+        // Entries past the last checkpoint, for a hole among them.
+        if let AuditTamper::Hole { seq } = tamper
+            && seq >= 6
+        {
+            for _ in 6..seq + 2 {
+                h.list_collections().await.unwrap();
+            }
+            assert_eq!(audit.place(&scope).await.unwrap(), seq + 2);
+        }
         let key = audit.public_key().clone();
         let log = LogId::Tenant(a.tenant());
-        env.harness
-            .raw_audit_tamper(log, AuditTamper::Rewrite)
-            .await;
-        audit.verify(&scope, &key, &|_| {}).await.unwrap();
-        verify_every_log(&env, &key, &[log]).await.unwrap();
+        for twin in [AuditTamper::Rewrite, AuditTamper::RewriteBackwards] {
+            env.harness.raw_audit_tamper(log, twin).await;
+            audit.verify(&scope, &key, &|_| {}).await.unwrap();
+            verify_every_log(&env, &key, &[log]).await.unwrap();
+        }
         env.harness.raw_audit_tamper(log, tamper).await;
         // The verifier names the first bad place, log by log and over every log.
         let one = audit.verify(&scope, &key, &|_| {}).await.unwrap_err();
@@ -1853,7 +1868,7 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
             AuditTamper::TruncateFrom { seq } => seq,
             AuditTamper::FlipSignature { size } | AuditTamper::FlipBatchPath { size } => size - 1,
             // Not a change (and not among the cases).
-            AuditTamper::Rewrite => continue,
+            AuditTamper::Rewrite | AuditTamper::RewriteBackwards => continue,
         };
         let size = tamper.checkpoint_change().map_or(6, |(size, _, _)| size);
         assert!(!proven(bad_seq, size).await, "{tamper:?}");
@@ -1863,6 +1878,13 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
         {
             let c = audit.consistency(&scope, 3, 6).await.unwrap();
             assert!(verify_consistency_json(&c, &key, Some(log)).is_err());
+        }
+        // Nor does the checkpointer sign over a hole past the last checkpoint.
+        if let AuditTamper::Hole { seq } = tamper
+            && seq >= 6
+        {
+            let signed = audit.checkpoint(&scope).await;
+            assert!(signed.is_err(), "{tamper:?}: {signed:?}");
         }
         // The checkpointer does not sign over an entry changed before it was checkpointed.
         if let AuditTamper::FlipBodyByte { .. } = tamper {

@@ -413,8 +413,9 @@ impl<const POOL: usize, const DELAY_MS: u64> Harness for Pg<POOL, DELAY_MS> {
                     .unwrap();
                 assert!(n > 0);
             }
-            // Rows are stored one per entry, as they are.
-            AuditTamper::Rewrite => {}
+            // Rows are stored one per entry, as they are: there is no order of blocks to
+            // change either.
+            AuditTamper::Rewrite | AuditTamper::RewriteBackwards => {}
             AuditTamper::FlipSignature { .. } | AuditTamper::FlipBatchPath { .. } => {
                 let Some((size, column, byte)) = tamper.checkpoint_change() else {
                     return;
