@@ -113,8 +113,29 @@ impl Harness for Sqlite {
         )
         .unwrap();
         let id = log.to_bytes();
-        // The log's stored entries, edited as a list, then stored back as one block starting
-        // where the log's entries started (an entry's position is its place in its block).
+        if let Some((size, column, byte)) = tamper.checkpoint_change() {
+            let mut value: Vec<u8> = c
+                .query_row(
+                    &format!("SELECT {column} FROM audit_checkpoints WHERE log = ?1 AND size = ?2"),
+                    params![id.as_slice(), size as i64],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            value[byte] ^= 1;
+            let n = c
+                .execute(
+                    &format!(
+                        "UPDATE audit_checkpoints SET {column} = ?3 WHERE log = ?1 AND size = ?2"
+                    ),
+                    params![id.as_slice(), size as i64, value],
+                )
+                .unwrap();
+            assert_eq!(n, 1);
+            return;
+        }
+        // The log's stored entries, edited as a list, then stored back as blocks from where
+        // the log's entries started (`write_log`: an entry's position is its block's first
+        // plus its place in the block).
         let (first, mut entries) = read_log(&c, &id);
         match tamper {
             AuditTamper::FlipBodyByte { seq } => entries[(seq - first) as usize].0[0] ^= 1,
@@ -152,25 +173,7 @@ impl Harness for Sqlite {
             | AuditTamper::FlipBatchPath { .. }
             | AuditTamper::Rewrite => {}
         }
-        let Some((size, column, byte)) = tamper.checkpoint_change() else {
-            write_log(&c, &id, first, &entries);
-            return;
-        };
-        let mut value: Vec<u8> = c
-            .query_row(
-                &format!("SELECT {column} FROM audit_checkpoints WHERE log = ?1 AND size = ?2"),
-                params![id.as_slice(), size as i64],
-                |r| r.get(0),
-            )
-            .unwrap();
-        value[byte] ^= 1;
-        let n = c
-            .execute(
-                &format!("UPDATE audit_checkpoints SET {column} = ?3 WHERE log = ?1 AND size = ?2"),
-                params![id.as_slice(), size as i64, value],
-            )
-            .unwrap();
-        assert_eq!(n, 1);
+        write_log(&c, &id, first, &entries);
     }
 }
 

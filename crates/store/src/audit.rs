@@ -760,12 +760,15 @@ impl LogCheck {
     }
 
     /// Starts a log whose first stored entry is `first` (`None`: no stored entry), with its
-    /// stored checkpoints in size order.
+    /// stored checkpoints in size order. A log with checkpoints but no stored entry had every
+    /// entry pruned by retention (which keeps the checkpoint it pruned up to, and prunes
+    /// everything only when that is the last): it starts, and ends, at its last checkpoint.
     fn start(
         log: LogId,
         first: Option<u64>,
         checkpoints: Vec<CheckpointRow>,
     ) -> Result<Self, VerifyFailure> {
+        let first = first.or_else(|| checkpoints.last().map(|cp| cp.size));
         let mut c = LogCheck {
             log,
             range: CompactRange::new(),

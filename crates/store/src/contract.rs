@@ -1915,10 +1915,25 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
     assert_eq!(audit.prune(&scope, past).await.unwrap(), 0);
     let cutoff = bulkhead_core::Timestamp::now_utc() + std::time::Duration::from_secs(1);
     assert_eq!(audit.prune(&scope, cutoff).await.unwrap(), 4);
+    // Every entry pruned: the log is its checkpoints alone, and still verifies.
+    let key = audit.public_key().clone();
+    let log = LogId::Tenant(a.tenant());
+    let report = audit.verify(&scope, &key, &|_| {}).await.unwrap();
+    assert_eq!((report.pruned, report.entries), (4, 0));
+    verify_every_log(&env, &key, &[log]).await.unwrap();
+    // Its twin: that checkpoint's signature changed, it does not verify, by either verifier.
+    let flip = AuditTamper::FlipSignature { size: 4 };
+    env.harness.raw_audit_tamper(log, flip).await;
+    let one = audit.verify(&scope, &key, &|_| {}).await.unwrap_err();
+    let all = verify_every_log(&env, &key, &[log]).await.unwrap_err();
+    for err in [one, all] {
+        assert_eq!((err.log, err.at), (log.to_string(), "checkpoint 4".into()));
+    }
+    // Flipped back.
+    env.harness.raw_audit_tamper(log, flip).await;
     add_users(&h, 3..5).await;
     let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
     assert_eq!(cp.checkpoint.size, 6);
-    let key = audit.public_key().clone();
     let report = audit.verify(&scope, &key, &|_| {}).await.unwrap();
     assert_eq!((report.pruned, report.entries), (4, 2));
     let items = audit
@@ -1929,7 +1944,6 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
     assert_eq!(items.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
     // Proofs of kept entries, and from the prune point on, are still served and verify; a
     // pruned entry has none.
-    let log = LogId::Tenant(a.tenant());
     for seq in [4, 5] {
         let p = audit.inclusion(&scope, seq, 6).await.unwrap();
         verify_inclusion_json(&p, &key, Some(log)).unwrap();
