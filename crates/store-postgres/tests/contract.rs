@@ -56,6 +56,7 @@ not_configured!(
     audit_verify_all_names_the_first_failure,
     audit_rounds_share_one_signature,
     audit_retention_keeps_the_log_verifiable,
+    audit_verify_is_not_fooled_by_retention_meanwhile,
     audit_offboarding_keeps_the_log,
     prop_isolation,
 );

@@ -24,7 +24,9 @@ use bulkhead_core::{TenantContext, Timestamp};
 use serde::Serialize;
 
 use crate::StoreError;
-use crate::port::{AuditBlockRef, AuditScanItem, AuditScope, CheckpointRow, RecordBackend};
+use crate::port::{
+    AuditBackend, AuditBlockRef, AuditScanItem, AuditScope, CheckpointRow, RecordBackend,
+};
 
 /// Entries read per storage round trip by the checkpointer and the verifier.
 const CHUNK: usize = 4096;
@@ -1019,17 +1021,44 @@ fn check_signatures(
     Ok(())
 }
 
+/// How many times [`verify_log`] reads a log again because retention pruned it meanwhile.
+const PRUNED_MEANWHILE_RETRIES: usize = 3;
+
 /// See [`Audit::verify`]; usable without a [`crate::Store`] (the offline verifier, `bulkhead
 /// audit verify`, has the storage and the public key only). It reads any log and reports only
 /// whether it verifies: operator tooling, never a request path.
+///
+/// The log is read in several round trips (where it starts, its checkpoints, its entries in
+/// chunks), so retention committed meanwhile by a running server can leave a read that mixes
+/// the log before and after the prune. A log that fails while its first stored entry moved is
+/// therefore read again, from its new start (a few times at most); a failure that stays is
+/// reported.
 pub async fn verify_log(
-    backend: &dyn RecordBackend,
+    backend: &dyn AuditBackend,
     log: LogId,
     key: &AuditPublicKey,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<VerifyReport, VerifyFailure> {
-    let scope = &AuditScope::new(log);
-    let storage = |e: crate::BackendError| match e {
+    let mut tries = 0;
+    loop {
+        let first = first_stored(backend, log).await?;
+        let outcome = verify_log_from(backend, log, first, key, progress).await;
+        if outcome.is_err()
+            && tries < PRUNED_MEANWHILE_RETRIES
+            && first_stored(backend, log)
+                .await
+                .is_ok_and(|now| now != first)
+        {
+            tries += 1;
+            continue;
+        }
+        return outcome;
+    }
+}
+
+/// A storage error met verifying `log`, as its failure: damage at a position names that entry.
+fn storage_failure_in(log: LogId, e: crate::BackendError) -> VerifyFailure {
+    match e {
         crate::BackendError::AuditDamaged { at, what } => VerifyFailure {
             log: log.to_string(),
             at: format!("entry {at}"),
@@ -1040,14 +1069,33 @@ pub async fn verify_log(
             at: "storage".into(),
             what: e.to_string(),
         },
-    };
-    // Where the stored entries start (retention may have pruned a prefix).
-    let first = backend
-        .audit_entries(scope, 0, 1)
+    }
+}
+
+/// Where the log's stored entries start (retention may have pruned a prefix); `None`: none
+/// is stored.
+async fn first_stored(
+    backend: &dyn AuditBackend,
+    log: LogId,
+) -> Result<Option<u64>, VerifyFailure> {
+    Ok(backend
+        .audit_entries(&AuditScope::new(log), 0, 1)
         .await
-        .map_err(storage)?
+        .map_err(|e| storage_failure_in(log, e))?
         .first()
-        .map(|r| r.seq);
+        .map(|r| r.seq))
+}
+
+/// One reading of the log for [`verify_log`], whose stored entries start at `first`.
+async fn verify_log_from(
+    backend: &dyn AuditBackend,
+    log: LogId,
+    first: Option<u64>,
+    key: &AuditPublicKey,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<VerifyReport, VerifyFailure> {
+    let scope = &AuditScope::new(log);
+    let storage = |e: crate::BackendError| storage_failure_in(log, e);
     let mut checkpoints = Vec::new();
     let mut after = None;
     loop {

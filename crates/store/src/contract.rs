@@ -24,9 +24,12 @@ use serde_json::{Value, json};
 
 use bulkhead_core::tier::{LimitOverrides, Quota, TierLimits, Usage};
 
+use crate::BackendError;
 use crate::StoreError;
 use crate::audit::{AuditFilter, RequestMeta};
-use crate::port::{RecordBackend, Registry, TenantPatch};
+use crate::port::{
+    AuditBackend, AuditRow, AuditScope, CheckpointRow, RecordBackend, Registry, TenantPatch,
+};
 use crate::service::{Idempotency, Store, StoreConfig};
 use bulkhead_audit::checkpoint::{verify_consistency_json, verify_inclusion_json};
 use bulkhead_audit::{LogId, Outcome};
@@ -1964,6 +1967,138 @@ pub async fn audit_retention_keeps_the_log_verifiable<H: Harness>() {
     );
 }
 
+/// The audit port of a backend whose retention sweep lands once, pruning `log` below
+/// `below`, just before the log's checkpoints are first read: a running server's sweep in
+/// the middle of `audit verify --tenant`.
+struct PrunedMidway {
+    inner: Arc<dyn RecordBackend>,
+    below: u64,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PrunedMidway {
+    fn new(inner: Arc<dyn RecordBackend>, below: u64) -> Self {
+        Self {
+            inner,
+            below,
+            armed: true.into(),
+        }
+    }
+
+    fn pruned(&self) -> bool {
+        !self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl AuditBackend for PrunedMidway {
+    async fn audit_append(&self, log: &AuditScope, bodies: &[Vec<u8>]) -> Result<(), BackendError> {
+        self.inner.audit_append(log, bodies).await
+    }
+    async fn audit_sequence(&self, logs: &[AuditScope]) -> Result<Vec<u64>, BackendError> {
+        self.inner.audit_sequence(logs).await
+    }
+    async fn audit_entries(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, BackendError> {
+        self.inner.audit_entries(log, from, limit).await
+    }
+    async fn audit_leaves(
+        &self,
+        log: &AuditScope,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<[u8; 32]>, BackendError> {
+        self.inner.audit_leaves(log, from, to).await
+    }
+    async fn audit_put_checkpoints(
+        &self,
+        rows: &[(AuditScope, CheckpointRow)],
+    ) -> Result<(), BackendError> {
+        self.inner.audit_put_checkpoints(rows).await
+    }
+    async fn audit_checkpoint(
+        &self,
+        log: &AuditScope,
+        size: Option<u64>,
+    ) -> Result<Option<CheckpointRow>, BackendError> {
+        self.inner.audit_checkpoint(log, size).await
+    }
+    async fn audit_checkpoints(
+        &self,
+        log: &AuditScope,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRow>, BackendError> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.inner.audit_prune(log, self.below).await?;
+        }
+        self.inner.audit_checkpoints(log, after, limit).await
+    }
+    async fn audit_prune(&self, log: &AuditScope, below: u64) -> Result<u64, BackendError> {
+        self.inner.audit_prune(log, below).await
+    }
+}
+
+/// `audit verify --tenant` while the server's retention sweep prunes the log: the log is
+/// read again from its new start and verifies. Its twin: a log damaged after the prune point
+/// and pruned the same way meanwhile still fails, at the damaged entry.
+pub async fn audit_verify_is_not_fooled_by_retention_meanwhile<H: Harness>() {
+    let env = Env::<H>::new().await;
+    let audit = env.store.audit();
+    let key = audit.public_key().clone();
+    // Two logs, each with checkpoints of 4 and 6 entries.
+    let mut logs = Vec::new();
+    for _ in 0..2 {
+        let t = env.tenant(&[Role::Admin]).await;
+        with_users(&env, &t).await;
+        let h = env.store.tenant(&t).await.unwrap();
+        let scope = env.store.tenant_audit(&t);
+        add_users(&h, 0..3).await;
+        assert_eq!(
+            audit
+                .checkpoint(&scope)
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .size,
+            4
+        );
+        add_users(&h, 3..5).await;
+        assert_eq!(
+            audit
+                .checkpoint(&scope)
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+                .size,
+            6
+        );
+        logs.push(LogId::Tenant(t.tenant()));
+    }
+    let (sound, damaged) = (logs[0], logs[1]);
+    let midway = PrunedMidway::new(env.harness.backend(), 4);
+    let report = crate::audit::verify_log(&midway, sound, &key, &|_| {})
+        .await
+        .unwrap();
+    assert!(midway.pruned());
+    assert_eq!((report.pruned, report.entries), (4, 2));
+    env.harness
+        .raw_audit_tamper(damaged, AuditTamper::FlipBodyByte { seq: 5 })
+        .await;
+    let midway = PrunedMidway::new(env.harness.backend(), 4);
+    let err = crate::audit::verify_log(&midway, damaged, &key, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(midway.pruned());
+    assert_eq!((err.log, err.at), (damaged.to_string(), "entry 5".into()));
+}
+
 pub async fn audit_offboarding_keeps_the_log<H: Harness>() {
     let env = Env::<H>::new().await;
     let a = env.tenant(&[Role::Admin]).await;
@@ -2026,6 +2161,7 @@ macro_rules! contract_suite {
             audit_verify_all_names_the_first_failure,
             audit_rounds_share_one_signature,
             audit_retention_keeps_the_log_verifiable,
+            audit_verify_is_not_fooled_by_retention_meanwhile,
             audit_offboarding_keeps_the_log,
             policy_versions_are_scoped,
             policy_text_is_encrypted_at_rest
