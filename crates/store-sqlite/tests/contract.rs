@@ -153,17 +153,8 @@ impl Harness for Sqlite {
             AuditTamper::RewriteBackwards => {
                 c.execute("DELETE FROM audit_blocks WHERE log = ?1", [&id[..]])
                     .unwrap();
-                let blocks = chunks(&entries, [1, 2, 1, 3]);
-                let mut at: Vec<u64> = blocks
-                    .iter()
-                    .scan(first, |next, (_, n)| {
-                        let start = *next;
-                        *next += *n as u64;
-                        Some(start)
-                    })
-                    .collect();
-                for (part, n) in blocks.into_iter().rev() {
-                    insert_block(&c, &id, at.pop().unwrap(), part, n);
+                for (at, part) in blocks(first, &entries).into_iter().rev() {
+                    insert_block(&c, &id, at, part);
                 }
                 return;
             }
@@ -177,8 +168,10 @@ impl Harness for Sqlite {
     }
 }
 
+/// A stored entry's body and leaf hash.
+pub type StoredEntry = (Vec<u8>, Vec<u8>);
 /// Each stored entry's body and leaf hash.
-pub type StoredEntries = Vec<(Vec<u8>, Vec<u8>)>;
+pub type StoredEntries = Vec<StoredEntry>;
 
 /// A log's entries as stored in `audit.db`'s blocks: its first position, and each entry's
 /// body and leaf hash (the block format of `crates/store-sqlite/src/audit.rs`).
@@ -208,23 +201,38 @@ pub fn read_log(c: &Connection, log: &[u8]) -> (u64, StoredEntries) {
 /// Replaces a log's blocks with blocks of `entries` from position `first`, of 1, 2, 1, 3, 1,
 /// 2, … entries in turn: a log placed a few entries per round is stored so, and the verifier
 /// checks entries from several blocks together.
-pub fn write_log(c: &Connection, log: &[u8], first: u64, entries: &[(Vec<u8>, Vec<u8>)]) {
+pub fn write_log(c: &Connection, log: &[u8], first: u64, entries: &[StoredEntry]) {
     c.execute("DELETE FROM audit_blocks WHERE log = ?1", [log])
         .unwrap();
     write_blocks(c, log, first, entries);
 }
 
 /// Adds blocks of `entries` from position `first` to a log, sized as [`write_log`] sizes them.
-fn write_blocks(c: &Connection, log: &[u8], first: u64, entries: &[(Vec<u8>, Vec<u8>)]) {
-    let mut at = first;
-    for (part, n) in chunks(entries, [1, 2, 1, 3]) {
-        insert_block(c, log, at, part, n);
-        at += n as u64;
+fn write_blocks(c: &Connection, log: &[u8], first: u64, entries: &[StoredEntry]) {
+    for (at, part) in blocks(first, entries) {
+        insert_block(c, log, at, part);
     }
 }
 
-/// Stores `part` (`n` entries) as one block of `log` from position `at`, after every row.
-fn insert_block(c: &Connection, log: &[u8], at: u64, part: &[(Vec<u8>, Vec<u8>)], n: usize) {
+/// `entries` from position `first` cut into blocks of 1, 2, 1, 3, … entries in turn (the last
+/// may be shorter), each with the position it starts at.
+fn blocks(first: u64, entries: &[StoredEntry]) -> Vec<(u64, &[StoredEntry])> {
+    let mut out = Vec::new();
+    let (mut at, mut rest) = (first, entries);
+    for size in [1, 2, 1, 3].iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (part, tail) = rest.split_at((*size).min(rest.len()));
+        out.push((at, part));
+        at += part.len() as u64;
+        rest = tail;
+    }
+    out
+}
+
+/// Stores `part` as one block of `log` from position `at`, after every row.
+fn insert_block(c: &Connection, log: &[u8], at: u64, part: &[StoredEntry]) {
     let mut bytes = Vec::new();
     for (body, leaf) in part {
         bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -233,25 +241,9 @@ fn insert_block(c: &Connection, log: &[u8], at: u64, part: &[(Vec<u8>, Vec<u8>)]
     }
     c.execute(
         "INSERT INTO audit_blocks (log, first, count, entries) VALUES (?1, ?2, ?3, ?4)",
-        params![log, at as i64, n as i64, bytes],
+        params![log, at as i64, part.len() as i64, bytes],
     )
     .unwrap();
-}
-
-/// `items` cut into consecutive runs of the `sizes` in turn (the last run may be shorter), each
-/// with its length.
-fn chunks<T>(items: &[T], sizes: [usize; 4]) -> Vec<(&[T], usize)> {
-    let mut out = Vec::new();
-    let mut rest = items;
-    for size in sizes.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (part, tail) = rest.split_at((*size).min(rest.len()));
-        out.push((part, part.len()));
-        rest = tail;
-    }
-    out
 }
 
 bulkhead_store::contract_suite!(Sqlite);

@@ -204,6 +204,25 @@ async fn add_users(h: &crate::service::TenantHandle<'_>, n: std::ops::Range<u32>
     }
 }
 
+/// A new tenant with a `users` collection, whose log is checkpointed after each run of
+/// `users` added ([`add_users`]): the tenant and each checkpoint's size.
+async fn checkpointed_tenant<H: Harness>(
+    env: &Env<H>,
+    runs: &[std::ops::Range<u32>],
+) -> (TenantContext, Vec<u64>) {
+    let t = env.tenant(&[Role::Admin]).await;
+    with_users(env, &t).await;
+    let h = env.store.tenant(&t).await.unwrap();
+    let scope = env.store.tenant_audit(&t);
+    let mut sizes = Vec::new();
+    for n in runs {
+        add_users(&h, n.clone()).await;
+        let cp = env.store.audit().checkpoint(&scope).await.unwrap().unwrap();
+        sizes.push(cp.checkpoint.size);
+    }
+    (t, sizes)
+}
+
 macro_rules! assert_not_found {
     ($e:expr) => {
         match $e {
@@ -1652,16 +1671,7 @@ pub async fn audit_verify_all_names_the_first_failure<H: Harness>() {
     // Three tenants' logs, each with a checkpoint after two records and one after five.
     let mut logs = Vec::new();
     for _ in 0..3 {
-        let t = env.tenant(&[Role::Admin]).await;
-        with_users(&env, &t).await;
-        let h = env.store.tenant(&t).await.unwrap();
-        let scope = env.store.tenant_audit(&t);
-        let mut sizes = Vec::new();
-        for n in [0..2, 2..5] {
-            add_users(&h, n).await;
-            let cp = audit.checkpoint(&scope).await.unwrap().unwrap();
-            sizes.push(cp.checkpoint.size);
-        }
+        let (t, sizes) = checkpointed_tenant(&env, &[0..2, 2..5]).await;
         logs.push((LogId::Tenant(t.tenant()), sizes[0], sizes[1]));
     }
     logs.sort_by_key(|(l, _, _)| l.to_bytes());
@@ -1790,33 +1800,11 @@ pub async fn audit_tampering_is_detected<H: Harness>() {
     ];
     for (tamper, at) in cases {
         let env = Env::<H>::new().await;
-        let a = env.tenant(&[Role::Admin]).await;
-        with_users(&env, &a).await;
+        let (a, sizes) = checkpointed_tenant(&env, &[0..2, 2..5]).await;
+        assert_eq!(sizes, [3, 6]);
         let h = env.store.tenant(&a).await.unwrap();
         let audit = env.store.audit();
         let scope = env.store.tenant_audit(&a);
-        add_users(&h, 0..2).await;
-        assert_eq!(
-            audit
-                .checkpoint(&scope)
-                .await
-                .unwrap()
-                .unwrap()
-                .checkpoint
-                .size,
-            3
-        );
-        add_users(&h, 2..5).await;
-        assert_eq!(
-            audit
-                .checkpoint(&scope)
-                .await
-                .unwrap()
-                .unwrap()
-                .checkpoint
-                .size,
-            6
-        );
         // Entries past the last checkpoint, for a hole among them.
         if let AuditTamper::Hole { seq } = tamper
             && seq >= 6
@@ -2053,32 +2041,8 @@ pub async fn audit_verify_is_not_fooled_by_retention_meanwhile<H: Harness>() {
     // Two logs, each with checkpoints of 4 and 6 entries.
     let mut logs = Vec::new();
     for _ in 0..2 {
-        let t = env.tenant(&[Role::Admin]).await;
-        with_users(&env, &t).await;
-        let h = env.store.tenant(&t).await.unwrap();
-        let scope = env.store.tenant_audit(&t);
-        add_users(&h, 0..3).await;
-        assert_eq!(
-            audit
-                .checkpoint(&scope)
-                .await
-                .unwrap()
-                .unwrap()
-                .checkpoint
-                .size,
-            4
-        );
-        add_users(&h, 3..5).await;
-        assert_eq!(
-            audit
-                .checkpoint(&scope)
-                .await
-                .unwrap()
-                .unwrap()
-                .checkpoint
-                .size,
-            6
-        );
+        let (t, sizes) = checkpointed_tenant(&env, &[0..3, 3..5]).await;
+        assert_eq!(sizes, [4, 6]);
         logs.push(LogId::Tenant(t.tenant()));
     }
     let (sound, damaged) = (logs[0], logs[1]);
